@@ -1,0 +1,191 @@
+//! # Switchyard plugin SDK
+//!
+//! Write a Switchyard load balancer in plain Rust: implement [`Balancer`] on your own type
+//! and invoke [`export_balancer!`] once. The SDK hides the WebAssembly bindings; your
+//! crate depends on this crate only.
+//!
+//! ## A whole plugin
+//!
+//! ```
+//! use switchyard_plugin_sdk::{Backends, Balancer, Config, Request};
+//!
+//! /// Sends requests carrying `x-backend: N` to backend N, everything else round-robin.
+//! struct HeaderPinned {
+//!     header: String,
+//!     next: usize,
+//! }
+//!
+//! impl Balancer for HeaderPinned {
+//!     fn init(config: &Config) -> Result<Self, String> {
+//!         let header = config.get("header").unwrap_or("x-backend").to_owned();
+//!         Ok(HeaderPinned { header, next: 0 })
+//!     }
+//!
+//!     fn select(&mut self, request: &Request<'_>, backends: &Backends<'_>) -> Option<usize> {
+//!         if let Some(pinned) = request.header(&self.header).and_then(|v| v.parse().ok()) {
+//!             if backends.get(pinned).is_some_and(|b| b.healthy) {
+//!                 return Some(pinned);
+//!             }
+//!         }
+//!         // Round-robin over the healthy backends, starting after the last pick.
+//!         let n = backends.len();
+//!         let pick = (0..n).map(|k| (self.next + k) % n).find(|&i| backends.is_healthy(i))?;
+//!         self.next = pick + 1;
+//!         Some(pick)
+//!     }
+//! }
+//!
+//! switchyard_plugin_sdk::export_balancer!(HeaderPinned);
+//! # fn main() {}
+//! ```
+//!
+//! Build it with `cargo build --release --target wasm32-wasip2` (crate type `cdylib`), copy
+//! `target/wasm32-wasip2/release/<name>.wasm` into the proxy's plugins directory and name
+//! the file's stem as a pool's `balancer`.
+//!
+//! ## Rules the host enforces
+//! - A plugin sees no files, sockets or environment: only clocks and random numbers.
+//! - A panic or trap fails only the call: the host serves that request with its own
+//!   round-robin fallback, logs the failure and starts a fresh instance of the plugin.
+//! - Returning an index that is out of range, or of a backend that is not healthy, is
+//!   treated like a failure of the call.
+
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod backends;
+mod config;
+mod rng;
+
+pub use backends::{BACKEND_STRIDE, Backend, Backends, FLAG_HEALTHY, table};
+pub use config::Config;
+pub use rng::Rng;
+
+/// Generated bindings of `wit/plugin.wit`. Not part of the SDK's stable surface: use the
+/// [`Balancer`] trait and [`export_balancer!`] instead.
+#[doc(hidden)]
+#[allow(unsafe_code, missing_debug_implementations, clippy::all)]
+pub mod bindings {
+    wit_bindgen::generate!({
+        world: "balancer",
+        path: "../wit",
+        pub_export_macro: true,
+        export_macro_name: "__export_balancer_world",
+        default_bindings_module: "switchyard_plugin_sdk::bindings",
+    });
+}
+
+use bindings::switchyard::plugin::types::Request as RawRequest;
+
+/// The request being balanced. Each getter asks the host, so only what you read is copied.
+pub struct Request<'a> {
+    raw: &'a RawRequest,
+}
+
+impl std::fmt::Debug for Request<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Request").finish_non_exhaustive()
+    }
+}
+
+impl Request<'_> {
+    /// Method in upper case, e.g. `"GET"`.
+    pub fn method(&self) -> String {
+        self.raw.method()
+    }
+    /// Host the client asked for, without the port.
+    pub fn host(&self) -> String {
+        self.raw.host()
+    }
+    /// Path of the request target, without the query string.
+    pub fn path(&self) -> String {
+        self.raw.path()
+    }
+    /// Client address as `"ip:port"`.
+    pub fn client_addr(&self) -> String {
+        self.raw.client_addr()
+    }
+    /// First value of header `name` (case-insensitive), if present and valid UTF-8.
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.raw.header(name)
+    }
+}
+
+/// A load-balancing algorithm. One value lives per pool that uses the plugin.
+pub trait Balancer: Sized + 'static {
+    /// Builds the balancer from the pool's `balancer_config`. An `Err` rejects the plugin
+    /// and its message is shown to the operator, so say which key is wrong and why.
+    fn init(config: &Config) -> Result<Self, String>;
+
+    /// Picks the backend for `request`: an index into `backends`, or `None` to let the
+    /// host's round-robin fallback decide. Choose only backends with `healthy` set.
+    fn select(&mut self, request: &Request<'_>, backends: &Backends<'_>) -> Option<usize>;
+
+    /// Feedback once the request has finished on `backend`: `status` 0 means it failed
+    /// before answering. `latency_us` is the time to the response header.
+    fn on_response(&mut self, backend: usize, status: u16, latency_us: u64) {
+        let _ = (backend, status, latency_us);
+    }
+}
+
+/// Runtime glue behind [`export_balancer!`]; not for direct use.
+#[doc(hidden)]
+pub mod __private {
+    use super::{Backends, Balancer, Config, RawRequest, Request};
+    use std::any::Any;
+    use std::cell::RefCell;
+    use std::marker::PhantomData;
+
+    thread_local! {
+        // Wasm instances are single-threaded; the host gives each pool its own instance.
+        static STATE: RefCell<Option<Box<dyn Any>>> = const { RefCell::new(None) };
+    }
+
+    fn with_balancer<T: Balancer, R>(f: impl FnOnce(&mut T) -> R) -> Option<R> {
+        STATE.with(|cell| {
+            let mut slot = cell.borrow_mut();
+            slot.as_mut()?.downcast_mut::<T>().map(f)
+        })
+    }
+
+    /// Implements the generated `Guest` trait for any [`Balancer`].
+    pub struct Export<T>(PhantomData<T>);
+
+    impl<T: Balancer> crate::bindings::Guest for Export<T> {
+        fn init(config: Vec<(String, String)>) -> Result<(), String> {
+            let balancer = T::init(&Config::new(config))?;
+            STATE.with(|cell| *cell.borrow_mut() = Some(Box::new(balancer)));
+            Ok(())
+        }
+
+        fn select(request: &RawRequest, backends: Vec<u32>) -> Option<u32> {
+            let request = Request { raw: request };
+            let backends = Backends::new(&backends);
+            with_balancer::<T, _>(|b| b.select(&request, &backends))
+                .flatten()
+                .and_then(|index| u32::try_from(index).ok())
+        }
+
+        fn on_response(backend: u32, status: u16, latency_us: u64) {
+            with_balancer::<T, _>(|b| b.on_response(backend as usize, status, latency_us));
+        }
+    }
+}
+
+/// Exports a [`Balancer`] implementation as the plugin's `balancer` world.
+///
+/// Invoke it once, at the crate root of a `cdylib` crate.
+#[macro_export]
+macro_rules! export_balancer {
+    ($balancer:ty) => {
+        // Exports exist only in the wasm build: on the host the crate stays a plain
+        // library whose algorithm unit tests can run, with no `select` symbol to clash
+        // with libc's.
+        #[doc(hidden)]
+        #[cfg(target_arch = "wasm32")]
+        type __SwitchyardExport = $crate::__private::Export<$balancer>;
+        #[cfg(target_arch = "wasm32")]
+        $crate::bindings::__export_balancer_world!(
+            __SwitchyardExport with_types_in $crate::bindings
+        );
+    };
+}

@@ -1,0 +1,229 @@
+//! Peak-EWMA latency balancing (Finagle, Linkerd, tower).
+//!
+//! Each backend keeps a response-time estimate updated on every response:
+//!
+//! ```text
+//! w    = exp(−Δt / τ)                Δt: time since the last update
+//! rtt' = rtt                         if rtt > est   (peak: jump up at once)
+//! est' = est · w + rtt' · (1 − w)    otherwise      (decay down smoothly)
+//! ```
+//!
+//! Between responses the estimate decays toward zero (an observation of 0 at pick time),
+//! so a backend that stopped getting traffic is tried again. A pick compares two distinct
+//! random healthy backends (power of two choices, the second drawn from the n − 1 others)
+//! and takes the lower
+//!
+//! ```text
+//! cost = est · (in_flight + 1)
+//! ```
+//!
+//! A failure (status 0: no answer; or 5xx) counts as `failure_penalty` of latency, so a
+//! backend that fails fast does not attract traffic by looking quick.
+//!
+//! `balancer_config`: `decay` (τ, default `"10s"`), `default_rtt` (estimate of a backend
+//! with no sample yet, default `"10ms"`), `failure_penalty` (default `"1s"`).
+
+use std::time::{Duration, Instant};
+use switchyard_plugin_sdk::{Backends, Balancer, Config, Request, Rng};
+
+/// One backend's estimate.
+#[derive(Clone, Copy, Debug)]
+struct Estimate {
+    rtt_us: f64,
+    updated: Instant,
+}
+
+/// Tunables from `balancer_config`.
+#[derive(Clone, Copy, Debug)]
+pub struct Settings {
+    /// τ of the exponential decay.
+    pub decay: Duration,
+    /// Estimate of a backend before its first response.
+    pub default_rtt: Duration,
+    /// Latency charged for a failed request.
+    pub failure_penalty: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            decay: Duration::from_secs(10),
+            default_rtt: Duration::from_millis(10),
+            failure_penalty: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Per-pool state.
+#[derive(Debug)]
+pub struct PeakEwma {
+    settings: Settings,
+    estimates: Vec<Estimate>,
+    rng: Rng,
+    healthy: Vec<usize>,
+}
+
+impl PeakEwma {
+    /// A balancer with the given settings and random source.
+    pub fn new(settings: Settings, rng: Rng) -> Self {
+        PeakEwma {
+            settings,
+            estimates: Vec::new(),
+            rng,
+            healthy: Vec::new(),
+        }
+    }
+
+    fn weight(&self, now: Instant, since: Instant) -> f64 {
+        let elapsed = now.saturating_duration_since(since).as_secs_f64();
+        (-elapsed / self.settings.decay.as_secs_f64().max(1e-9)).exp()
+    }
+
+    fn ensure(&mut self, len: usize, now: Instant) {
+        let fresh = Estimate {
+            rtt_us: self.settings.default_rtt.as_micros() as f64,
+            updated: now,
+        };
+        self.estimates.resize(len, fresh);
+    }
+
+    /// The estimate of backend `i` at `now`, decayed since its last update.
+    fn estimate_at(&self, i: usize, now: Instant) -> f64 {
+        let e = self.estimates[i];
+        e.rtt_us * self.weight(now, e.updated)
+    }
+
+    /// Records a response of backend `i` that took `rtt`.
+    pub fn observe(&mut self, i: usize, rtt: Duration, now: Instant) {
+        self.ensure(self.estimates.len().max(i + 1), now);
+        let rtt_us = rtt.as_micros() as f64;
+        let w = self.weight(now, self.estimates[i].updated);
+        let e = &mut self.estimates[i];
+        e.rtt_us = if rtt_us > e.rtt_us {
+            rtt_us
+        } else {
+            e.rtt_us * w + rtt_us * (1.0 - w)
+        };
+        e.updated = now;
+    }
+
+    /// Cost of sending one more request to backend `i`.
+    fn cost(&self, i: usize, in_flight: u32, now: Instant) -> f64 {
+        self.estimate_at(i, now) * (f64::from(in_flight) + 1.0)
+    }
+
+    /// One pick at `now`; `None` when no backend is healthy.
+    pub fn pick(&mut self, backends: &Backends<'_>, now: Instant) -> Option<usize> {
+        self.ensure(backends.len(), now);
+        self.healthy.clear();
+        self.healthy.extend(backends.healthy().map(|b| b.index));
+        let Some((x, y)) = self.rng.two_distinct(self.healthy.len()) else {
+            return self.healthy.first().copied();
+        };
+        let a = backends.get(self.healthy[x])?;
+        let b = backends.get(self.healthy[y])?;
+        let (cost_a, cost_b) = (
+            self.cost(a.index, a.in_flight, now),
+            self.cost(b.index, b.in_flight, now),
+        );
+        Some(if cost_b < cost_a { b.index } else { a.index })
+    }
+}
+
+impl Balancer for PeakEwma {
+    fn init(config: &Config) -> Result<Self, String> {
+        config.reject_unknown(&["decay", "default_rtt", "failure_penalty"])?;
+        let defaults = Settings::default();
+        let settings = Settings {
+            decay: config.duration_or("decay", defaults.decay)?,
+            default_rtt: config.duration_or("default_rtt", defaults.default_rtt)?,
+            failure_penalty: config.duration_or("failure_penalty", defaults.failure_penalty)?,
+        };
+        if settings.decay.is_zero() {
+            return Err("balancer_config.decay must be above zero, like \"10s\"".to_owned());
+        }
+        Ok(PeakEwma::new(settings, Rng::from_entropy()))
+    }
+
+    fn select(&mut self, _request: &Request<'_>, backends: &Backends<'_>) -> Option<usize> {
+        self.pick(backends, Instant::now())
+    }
+
+    fn on_response(&mut self, backend: usize, status: u16, latency_us: u64) {
+        let failed = status == 0 || status >= 500;
+        let mut rtt = Duration::from_micros(latency_us);
+        if failed {
+            rtt = rtt.max(self.settings.failure_penalty);
+        }
+        self.observe(backend, rtt, Instant::now());
+    }
+}
+
+switchyard_plugin_sdk::export_balancer!(PeakEwma);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use switchyard_plugin_sdk::{Backend, table};
+
+    const MS: Duration = Duration::from_millis(1);
+
+    fn balancer() -> PeakEwma {
+        PeakEwma::new(
+            Settings {
+                decay: Duration::from_secs(1),
+                ..Settings::default()
+            },
+            Rng::with_seed(9),
+        )
+    }
+
+    #[test]
+    fn peak_jumps_up_at_once_and_decays_down() {
+        let mut p = balancer();
+        let t0 = Instant::now();
+        p.observe(0, 5 * MS, t0);
+        p.observe(0, 80 * MS, t0);
+        assert_eq!(p.estimate_at(0, t0), 80_000.0);
+        // One τ later, a fast answer pulls the estimate most of the way down.
+        p.observe(0, 5 * MS, t0 + Duration::from_secs(1));
+        let est = p.estimate_at(0, t0 + Duration::from_secs(1));
+        assert!((30_000.0..35_000.0).contains(&est), "{est}");
+    }
+
+    #[test]
+    fn avoids_the_slow_backend_and_counts_in_flight() {
+        let mut p = balancer();
+        let now = Instant::now();
+        for (i, ms) in [5, 5, 80].into_iter().enumerate() {
+            p.observe(i, ms * MS, now);
+        }
+        let raw = table(&(0..3).map(Backend::idle).collect::<Vec<_>>());
+        let picks: Vec<_> = (0..300)
+            .map(|_| p.pick(&Backends::new(&raw), now).unwrap())
+            .collect();
+        assert!(!picks.contains(&2));
+        // 20 in flight on a 5 ms backend costs more than one idle 80 ms backend.
+        let mut busy: Vec<Backend> = (0..3).map(Backend::idle).collect();
+        busy[0].in_flight = 20;
+        busy[1].healthy = false;
+        let raw = table(&busy);
+        assert_eq!(p.pick(&Backends::new(&raw), now), Some(2));
+    }
+
+    #[test]
+    fn failures_cost_the_penalty_even_when_fast() {
+        let mut p = balancer();
+        p.on_response(0, 0, 100);
+        p.on_response(1, 200, 20_000);
+        let raw = table(&(0..2).map(Backend::idle).collect::<Vec<_>>());
+        assert_eq!(p.pick(&Backends::new(&raw), Instant::now()), Some(1));
+    }
+
+    #[test]
+    fn rejects_a_duration_without_unit() {
+        let config = Config::new(vec![("decay".into(), "10".into())]);
+        let err = PeakEwma::init(&config).unwrap_err();
+        assert!(err.contains("balancer_config.decay"), "{err}");
+    }
+}

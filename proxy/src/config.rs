@@ -1,0 +1,820 @@
+//! Configuration: the TOML file, read in two steps.
+//!
+//! 1. Raw serde structs mirror the file. Unknown keys are rejected, but all of them are
+//!    reported at once (through `serde_ignored`, as cargo does for manifests) instead of
+//!    stopping at the first as `deny_unknown_fields` would: an operator fixing a file
+//!    wants every problem in one run of `switchyard check`.
+//! 2. One validation step turns the raw structs into the typed [`Config`], collecting
+//!    every problem with the file, line and column it comes from.
+
+use serde::Deserialize;
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use toml::Spanned;
+use toml::de::{DeTable, DeValue};
+
+/// Time allowed to connect to a backend, unless a pool says otherwise.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Retries on another backend after a connection failure, unless a pool says otherwise.
+pub const DEFAULT_RETRIES: u32 = 1;
+/// Wall-clock budget of one `select`/`on-response` call before it is interrupted.
+pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_millis(1);
+/// Wall-clock budget of a plugin's `init`.
+pub const DEFAULT_INIT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Linear memory a plugin instance may grow to.
+pub const DEFAULT_MEMORY_LIMIT: u64 = 16 << 20;
+
+/// A position in the configuration file, 1-based.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Location {
+    /// The file.
+    pub file: PathBuf,
+    /// Line, from 1.
+    pub line: usize,
+    /// Column in characters, from 1.
+    pub column: usize,
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}", self.file.display(), self.line, self.column)
+    }
+}
+
+/// One problem in a configuration file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{file}: cannot read the configuration: {source}", file = file.display())]
+    Read {
+        /// The file.
+        file: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Not valid TOML, or a value of the wrong type.
+    #[error("{at}: {message}")]
+    Syntax {
+        /// Where.
+        at: Location,
+        /// The parser's message.
+        message: String,
+    },
+    /// A key this version does not know (often a typo).
+    #[error("{at}: unknown key `{key}`; {hint}")]
+    UnknownKey {
+        /// Where.
+        at: Location,
+        /// Full path of the key, like `pools[0].balancr`.
+        key: String,
+        /// The keys allowed there.
+        hint: String,
+    },
+    /// A value that parses but is not acceptable.
+    #[error("{at}: {field}: {problem}")]
+    Invalid {
+        /// Where.
+        at: Location,
+        /// Full path of the field, like `pools[0].backends[1].addr`.
+        field: String,
+        /// What is wrong and what to write instead.
+        problem: String,
+    },
+}
+
+/// Every problem found in one file.
+#[derive(Debug)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "error: {e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// The validated configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The file it was read from.
+    pub source: PathBuf,
+    /// Listeners and threads.
+    pub proxy: ProxySettings,
+    /// Where plugins come from and what they may use.
+    pub plugins: PluginSettings,
+    /// Backend pools, in file order.
+    pub pools: Vec<PoolConfig>,
+    /// Routes, in file order; empty means "everything to the only pool".
+    pub routes: Vec<RouteConfig>,
+}
+
+/// `[proxy]`
+#[derive(Clone, Debug)]
+pub struct ProxySettings {
+    /// Addresses to accept HTTP on.
+    pub listen: Vec<SocketAddr>,
+    /// Worker threads.
+    pub threads: usize,
+}
+
+/// `[plugins]`
+#[derive(Clone, Debug)]
+pub struct PluginSettings {
+    /// Directory of `*.wasm` plugins; a file replaces the bundled plugin of its name.
+    pub dir: Option<PathBuf>,
+    /// Sandbox limits.
+    pub limits: PluginLimits,
+}
+
+/// `[plugins.limits]`
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PluginLimits {
+    /// Budget of one `select`/`on-response` call.
+    pub call_timeout: Duration,
+    /// Budget of `init`.
+    pub init_timeout: Duration,
+    /// Maximum linear memory of one instance, in bytes.
+    pub memory_bytes: u64,
+}
+
+impl Default for PluginLimits {
+    fn default() -> Self {
+        PluginLimits {
+            call_timeout: DEFAULT_CALL_TIMEOUT,
+            init_timeout: DEFAULT_INIT_TIMEOUT,
+            memory_bytes: DEFAULT_MEMORY_LIMIT,
+        }
+    }
+}
+
+/// `[[pools]]`
+#[derive(Clone, Debug)]
+pub struct PoolConfig {
+    /// Unique name routes refer to.
+    pub name: String,
+    /// Plugin name.
+    pub balancer: String,
+    /// Where `balancer` is written, for plugin errors.
+    pub balancer_at: Location,
+    /// `balancer_config`, as strings, for the plugin's `init`.
+    pub balancer_config: Vec<(String, String)>,
+    /// Backends, in file order; the plugin sees them by this index.
+    pub backends: Vec<BackendConfig>,
+    /// Timeout to establish a connection to a backend.
+    pub connect_timeout: Duration,
+    /// How many other backends to try after a connection failure.
+    pub retries: u32,
+}
+
+/// One backend of a pool.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackendConfig {
+    /// Resolved address.
+    pub addr: SocketAddr,
+    /// Relative share, at least 1.
+    pub weight: u32,
+}
+
+/// `[[routes]]`
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RouteConfig {
+    /// Host to match, if any.
+    pub host: Option<HostPattern>,
+    /// Path prefix to match; `/` matches every path.
+    pub path_prefix: String,
+    /// Pool that serves matching requests.
+    pub pool: String,
+}
+
+/// An exact host or a `*.suffix` wildcard, lower case.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HostPattern {
+    /// Matches this host only.
+    Exact(String),
+    /// `*.example.com`: matches any host ending in `.example.com` (not `example.com`).
+    Suffix(String),
+}
+
+impl HostPattern {
+    /// True when `host` (lower case, without port) matches.
+    pub fn matches(&self, host: &str) -> bool {
+        match self {
+            HostPattern::Exact(h) => h == host,
+            HostPattern::Suffix(s) => host.len() > s.len() && host.ends_with(s.as_str()),
+        }
+    }
+}
+
+// ---------------------------------------------------------------- raw file structs
+
+#[derive(Deserialize)]
+struct RawConfig {
+    proxy: Option<Spanned<RawProxy>>,
+    plugins: Option<RawPlugins>,
+    #[serde(default)]
+    pools: Vec<Spanned<RawPool>>,
+    #[serde(default)]
+    routes: Vec<Spanned<RawRoute>>,
+}
+
+#[derive(Deserialize)]
+struct RawProxy {
+    listen: Option<Spanned<Vec<Spanned<String>>>>,
+    threads: Option<Spanned<i64>>,
+}
+
+#[derive(Deserialize)]
+struct RawPlugins {
+    dir: Option<Spanned<String>>,
+    limits: Option<RawLimits>,
+}
+
+#[derive(Deserialize)]
+struct RawLimits {
+    call_timeout: Option<Spanned<String>>,
+    init_timeout: Option<Spanned<String>>,
+    memory: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+struct RawPool {
+    name: Spanned<String>,
+    balancer: Spanned<String>,
+    balancer_config: Option<Spanned<BTreeMap<String, Spanned<toml::Value>>>>,
+    #[serde(default)]
+    backends: Vec<Spanned<RawBackend>>,
+    connect_timeout: Option<Spanned<String>>,
+    retries: Option<Spanned<i64>>,
+}
+
+#[derive(Deserialize)]
+struct RawBackend {
+    addr: Spanned<String>,
+    weight: Option<Spanned<i64>>,
+}
+
+#[derive(Deserialize)]
+struct RawRoute {
+    host: Option<Spanned<String>>,
+    path_prefix: Option<Spanned<String>>,
+    pool: Spanned<String>,
+}
+
+/// Keys allowed in each table, for the unknown-key hint.
+fn allowed_keys(parent: &str) -> &'static str {
+    match parent {
+        "" => "proxy, plugins, pools, routes",
+        "proxy" => "listen, threads",
+        "plugins" => "dir, limits",
+        "plugins.limits" => "call_timeout, init_timeout, memory",
+        "pools" => "name, balancer, balancer_config, backends, connect_timeout, retries",
+        "pools.backends" => "addr, weight",
+        "routes" => "host, path_prefix, pool",
+        _ => "see the configuration reference in the README",
+    }
+}
+
+// ---------------------------------------------------------------- loading
+
+/// Where plugin names can be found, for checking that every pool's balancer exists.
+pub trait PluginCatalog {
+    /// True when a plugin of this name is bundled or present in `dir`.
+    fn has_plugin(&self, name: &str, dir: Option<&Path>) -> bool;
+    /// Names available, for the error message.
+    fn names(&self, dir: Option<&Path>) -> Vec<String>;
+}
+
+/// Reads and validates `path`, reporting every problem found.
+pub fn load(path: &Path, catalog: &dyn PluginCatalog) -> Result<Config, ConfigErrors> {
+    let text = std::fs::read_to_string(path).map_err(|source| {
+        ConfigErrors(vec![ConfigError::Read {
+            file: path.to_owned(),
+            source,
+        }])
+    })?;
+    parse(&text, path, catalog)
+}
+
+/// Parses and validates `text` as if read from `file`.
+pub fn parse(text: &str, file: &Path, catalog: &dyn PluginCatalog) -> Result<Config, ConfigErrors> {
+    let mut v = Validator {
+        text,
+        file,
+        errors: Vec::new(),
+    };
+    let doc = DeTable::parse(text).map_err(|e| ConfigErrors(vec![v.syntax(&e)]))?;
+    let mut unknown = Vec::new();
+    let raw: Result<RawConfig, _> =
+        serde_ignored::deserialize(toml::Deserializer::from(doc.clone()), |path| {
+            unknown.push(path_segments(&path))
+        });
+    let raw = raw.map_err(|e| ConfigErrors(vec![v.syntax(&e)]))?;
+    for segments in unknown {
+        let span = locate(&doc, &segments);
+        let parent: Vec<&str> = segments[..segments.len() - 1]
+            .iter()
+            .filter(|s| s.parse::<usize>().is_err())
+            .map(String::as_str)
+            .collect();
+        v.errors.push(ConfigError::UnknownKey {
+            at: v.at(span),
+            key: display_path(&segments),
+            hint: format!("expected one of: {}", allowed_keys(&parent.join("."))),
+        });
+    }
+    let config = v.validate(raw, catalog);
+    if v.errors.is_empty() {
+        Ok(config)
+    } else {
+        Err(ConfigErrors(v.errors))
+    }
+}
+
+fn path_segments(path: &serde_ignored::Path<'_>) -> Vec<String> {
+    let mut out = Vec::new();
+    fn walk(path: &serde_ignored::Path<'_>, out: &mut Vec<String>) {
+        use serde_ignored::Path as P;
+        match path {
+            P::Root => {}
+            P::Seq { parent, index } => {
+                walk(parent, out);
+                out.push(index.to_string());
+            }
+            P::Map { parent, key } => {
+                walk(parent, out);
+                out.push(key.clone());
+            }
+            P::Some { parent } | P::NewtypeStruct { parent } | P::NewtypeVariant { parent } => {
+                walk(parent, out)
+            }
+        }
+    }
+    walk(path, &mut out);
+    // `Spanned<T>` shows up as a map with a `value` key around T.
+    out.retain(|s| s != "$__serde_spanned_private_value");
+    out
+}
+
+fn display_path(segments: &[String]) -> String {
+    let mut out = String::new();
+    for s in segments {
+        if s.parse::<usize>().is_ok() {
+            out.push_str(&format!("[{s}]"));
+        } else {
+            if !out.is_empty() {
+                out.push('.');
+            }
+            out.push_str(s);
+        }
+    }
+    out
+}
+
+/// Span of the key at `segments` in the parsed document.
+fn locate(doc: &Spanned<DeTable<'_>>, segments: &[String]) -> Range<usize> {
+    let mut span = doc.span();
+    let mut table: Option<&DeTable<'_>> = Some(doc.get_ref());
+    let mut array: Option<&[Spanned<DeValue<'_>>]> = None;
+    for seg in segments {
+        let next = if let Some(t) = table {
+            t.iter()
+                .find(|(k, _)| k.get_ref().as_ref() == seg.as_str())
+                .map(|(k, val)| {
+                    span = k.span();
+                    val
+                })
+        } else if let (Some(items), Ok(i)) = (array, seg.parse::<usize>()) {
+            items.get(i).inspect(|val| span = val.span())
+        } else {
+            None
+        };
+        let Some(value) = next else { break };
+        (table, array) = match value.get_ref() {
+            DeValue::Table(t) => (Some(t), None),
+            DeValue::Array(a) => (None, Some(&a[..])),
+            _ => (None, None),
+        };
+    }
+    span
+}
+
+struct Validator<'a> {
+    text: &'a str,
+    file: &'a Path,
+    errors: Vec<ConfigError>,
+}
+
+impl Validator<'_> {
+    fn at(&self, span: Range<usize>) -> Location {
+        let before = &self.text[..span.start.min(self.text.len())];
+        let line = before.matches('\n').count() + 1;
+        let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+        Location {
+            file: self.file.to_owned(),
+            line,
+            column,
+        }
+    }
+
+    fn syntax(&self, e: &toml::de::Error) -> ConfigError {
+        ConfigError::Syntax {
+            at: self.at(e.span().unwrap_or(0..0)),
+            message: e.message().trim().to_owned(),
+        }
+    }
+
+    fn invalid<T>(
+        &mut self,
+        value: &Spanned<T>,
+        field: impl Into<String>,
+        problem: impl Into<String>,
+    ) {
+        self.errors.push(ConfigError::Invalid {
+            at: self.at(value.span()),
+            field: field.into(),
+            problem: problem.into(),
+        });
+    }
+
+    fn duration(
+        &mut self,
+        raw: Option<&Spanned<String>>,
+        field: &str,
+        default: Duration,
+    ) -> Duration {
+        let Some(raw) = raw else { return default };
+        match humantime::parse_duration(raw.get_ref()) {
+            Ok(d) => d,
+            Err(e) => {
+                self.invalid(raw, field, format!("{:?} is not a duration ({e}); write a number with a unit, like \"500ms\" or \"2s\"", raw.get_ref()));
+                default
+            }
+        }
+    }
+
+    fn validate(&mut self, raw: RawConfig, catalog: &dyn PluginCatalog) -> Config {
+        let proxy = self.proxy(raw.proxy);
+        let plugins = self.plugins(raw.plugins);
+        let mut pools = Vec::new();
+        let mut names = HashSet::new();
+        for (i, pool) in raw.pools.iter().enumerate() {
+            if let Some(p) = self.pool(i, pool, &plugins, catalog) {
+                if !names.insert(p.name.clone()) {
+                    self.invalid(
+                        &pool.get_ref().name,
+                        format!("pools[{i}].name"),
+                        format!(
+                            "a pool named {:?} is already defined; pool names must be unique",
+                            p.name
+                        ),
+                    );
+                }
+                pools.push(p);
+            }
+        }
+        if raw.pools.is_empty() {
+            self.errors.push(ConfigError::Invalid {
+                at: self.at(0..0),
+                field: "pools".into(),
+                problem:
+                    "no pool is defined; add a [[pools]] table with a name, a balancer and backends"
+                        .into(),
+            });
+        }
+        let routes = raw
+            .routes
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| self.route(i, r, &names))
+            .collect::<Vec<_>>();
+        if routes.is_empty() && raw.routes.is_empty() && pools.len() > 1 {
+            self.errors.push(ConfigError::Invalid {
+                at: self.at(0..0),
+                field: "routes".into(),
+                problem: format!("{} pools but no [[routes]]; add routes that say which requests go to which pool", pools.len()),
+            });
+        }
+        Config {
+            source: self.file.to_owned(),
+            proxy,
+            plugins,
+            pools,
+            routes,
+        }
+    }
+
+    fn proxy(&mut self, raw: Option<Spanned<RawProxy>>) -> ProxySettings {
+        let mut settings = ProxySettings {
+            listen: Vec::new(),
+            threads: 1,
+        };
+        let Some(raw) = raw else {
+            self.errors.push(ConfigError::Invalid {
+                at: self.at(0..0),
+                field: "proxy.listen".into(),
+                problem: "missing; add a [proxy] table with listen = [\"127.0.0.1:8080\"]".into(),
+            });
+            return settings;
+        };
+        let raw = raw.into_inner();
+        match raw.listen {
+            Some(list) if !list.get_ref().is_empty() => {
+                for (i, addr) in list.get_ref().iter().enumerate() {
+                    match addr.get_ref().parse::<SocketAddr>() {
+                        Ok(a) => settings.listen.push(a),
+                        Err(_) => self.invalid(addr, format!("proxy.listen[{i}]"), format!("{:?} is not an IP address with a port, like \"127.0.0.1:8080\" or \"[::]:80\"", addr.get_ref())),
+                    }
+                }
+            }
+            Some(list) => self.invalid(
+                &list,
+                "proxy.listen",
+                "is empty; give at least one address, like [\"127.0.0.1:8080\"]",
+            ),
+            None => self.errors.push(ConfigError::Invalid {
+                at: self.at(0..0),
+                field: "proxy.listen".into(),
+                problem: "missing; add listen = [\"127.0.0.1:8080\"] to [proxy]".into(),
+            }),
+        }
+        if let Some(threads) = raw.threads {
+            match usize::try_from(*threads.get_ref()) {
+                Ok(n) if (1..=1024).contains(&n) => settings.threads = n,
+                _ => self.invalid(&threads, "proxy.threads", "must be between 1 and 1024"),
+            }
+        } else {
+            settings.threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        }
+        settings
+    }
+
+    fn plugins(&mut self, raw: Option<RawPlugins>) -> PluginSettings {
+        let Some(raw) = raw else {
+            return PluginSettings {
+                dir: None,
+                limits: PluginLimits::default(),
+            };
+        };
+        let base = self.file.parent().unwrap_or(Path::new("."));
+        let dir = raw.dir.map(|d| base.join(d.get_ref()));
+        let mut limits = PluginLimits::default();
+        if let Some(l) = raw.limits {
+            limits.call_timeout = self.duration(
+                l.call_timeout.as_ref(),
+                "plugins.limits.call_timeout",
+                DEFAULT_CALL_TIMEOUT,
+            );
+            limits.init_timeout = self.duration(
+                l.init_timeout.as_ref(),
+                "plugins.limits.init_timeout",
+                DEFAULT_INIT_TIMEOUT,
+            );
+            if let Some(m) = l.memory {
+                match parse_bytes(m.get_ref()) {
+                    Some(b) if b >= 1 << 16 => limits.memory_bytes = b,
+                    _ => self.invalid(
+                        &m,
+                        "plugins.limits.memory",
+                        format!(
+                            "{:?} is not a size of at least 64KiB; write it like \"16MiB\"",
+                            m.get_ref()
+                        ),
+                    ),
+                }
+            }
+        }
+        PluginSettings { dir, limits }
+    }
+
+    fn pool(
+        &mut self,
+        i: usize,
+        raw: &Spanned<RawPool>,
+        plugins: &PluginSettings,
+        catalog: &dyn PluginCatalog,
+    ) -> Option<PoolConfig> {
+        let raw = raw.get_ref();
+        let name = raw.name.get_ref().trim().to_owned();
+        if name.is_empty() {
+            self.invalid(&raw.name, format!("pools[{i}].name"), "must not be empty");
+        }
+        let balancer = raw.balancer.get_ref().clone();
+        if !catalog.has_plugin(&balancer, plugins.dir.as_deref()) {
+            let dir = plugins.dir.as_ref().map_or_else(
+                || "no plugins directory is configured".to_owned(),
+                |d| {
+                    format!(
+                        "nor a file {}",
+                        d.join(format!("{balancer}.wasm")).display()
+                    )
+                },
+            );
+            self.invalid(
+                &raw.balancer,
+                format!("pools[{i}].balancer"),
+                format!(
+                    "no plugin named {balancer:?}: it is not bundled, {dir}; available: {}",
+                    catalog.names(plugins.dir.as_deref()).join(", ")
+                ),
+            );
+        }
+        let mut balancer_config = Vec::new();
+        if let Some(table) = &raw.balancer_config {
+            for (key, value) in table.get_ref() {
+                let text = match value.get_ref() {
+                    toml::Value::String(s) => s.clone(),
+                    toml::Value::Integer(n) => n.to_string(),
+                    toml::Value::Float(x) => x.to_string(),
+                    toml::Value::Boolean(b) => b.to_string(),
+                    _ => {
+                        self.invalid(
+                            value,
+                            format!("pools[{i}].balancer_config.{key}"),
+                            "must be a string, number or boolean",
+                        );
+                        continue;
+                    }
+                };
+                balancer_config.push((key.clone(), text));
+            }
+        }
+        let mut backends = Vec::new();
+        for (j, b) in raw.backends.iter().enumerate() {
+            let b = b.get_ref();
+            let field = format!("pools[{i}].backends[{j}]");
+            let addr = resolve(b.addr.get_ref());
+            let weight = match b.weight.as_ref() {
+                None => Some(1),
+                Some(w) => match u32::try_from(*w.get_ref()) {
+                    Ok(w) if (1..=1_000_000).contains(&w) => Some(w),
+                    _ => {
+                        self.invalid(
+                            w,
+                            format!("{field}.weight"),
+                            "must be a whole number from 1 to 1000000",
+                        );
+                        None
+                    }
+                },
+            };
+            match (addr, weight) {
+                (Ok(addr), Some(weight)) => backends.push(BackendConfig { addr, weight }),
+                (Err(problem), _) => self.invalid(&b.addr, format!("{field}.addr"), problem),
+                _ => {}
+            }
+        }
+        if raw.backends.is_empty() {
+            self.invalid(
+                &raw.name,
+                format!("pools[{i}].backends"),
+                "the pool has no backends; add backends = [{ addr = \"127.0.0.1:3000\" }]",
+            );
+        }
+        let connect_timeout = self.duration(
+            raw.connect_timeout.as_ref(),
+            &format!("pools[{i}].connect_timeout"),
+            DEFAULT_CONNECT_TIMEOUT,
+        );
+        let retries = match raw.retries.as_ref() {
+            None => DEFAULT_RETRIES,
+            Some(r) => u32::try_from(*r.get_ref())
+                .ok()
+                .filter(|&n| n <= 16)
+                .unwrap_or_else(|| {
+                    self.invalid(
+                        r,
+                        format!("pools[{i}].retries"),
+                        "must be a whole number from 0 to 16",
+                    );
+                    DEFAULT_RETRIES
+                }),
+        };
+        Some(PoolConfig {
+            name,
+            balancer,
+            balancer_at: self.at(raw.balancer.span()),
+            balancer_config,
+            backends,
+            connect_timeout,
+            retries,
+        })
+    }
+
+    fn route(
+        &mut self,
+        i: usize,
+        raw: &Spanned<RawRoute>,
+        pools: &HashSet<String>,
+    ) -> Option<RouteConfig> {
+        let raw = raw.get_ref();
+        let pool = raw.pool.get_ref().clone();
+        let mut ok = true;
+        if !pools.contains(&pool) {
+            let mut known: Vec<_> = pools.iter().cloned().collect();
+            known.sort();
+            self.invalid(
+                &raw.pool,
+                format!("routes[{i}].pool"),
+                format!(
+                    "no pool named {pool:?}; defined pools: {}",
+                    known.join(", ")
+                ),
+            );
+            ok = false;
+        }
+        let host = raw.host.as_ref().and_then(|h| {
+            let text = h.get_ref().trim().to_ascii_lowercase();
+            let pattern = match text.strip_prefix("*.") {
+                Some(rest) if !rest.is_empty() && !rest.contains('*') => {
+                    HostPattern::Suffix(format!(".{rest}"))
+                }
+                None if !text.is_empty() && !text.contains('*') && !text.contains('/') => {
+                    HostPattern::Exact(text)
+                }
+                _ => {
+                    self.invalid(
+                        h,
+                        format!("routes[{i}].host"),
+                        format!(
+                            "{:?} is not a host name or a \"*.example.com\" wildcard",
+                            h.get_ref()
+                        ),
+                    );
+                    ok = false;
+                    return None;
+                }
+            };
+            Some(pattern)
+        });
+        let path_prefix = match &raw.path_prefix {
+            None => "/".to_owned(),
+            Some(p) if p.get_ref().starts_with('/') => p.get_ref().clone(),
+            Some(p) => {
+                self.invalid(
+                    p,
+                    format!("routes[{i}].path_prefix"),
+                    format!("{:?} must start with \"/\"", p.get_ref()),
+                );
+                ok = false;
+                String::new()
+            }
+        };
+        ok.then_some(RouteConfig {
+            host,
+            path_prefix,
+            pool,
+        })
+    }
+}
+
+/// Resolves `host:port`, naming what is wrong when it cannot.
+fn resolve(text: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    let hint = "write an address with a port, like \"127.0.0.1:3000\" or \"backend.internal:8080\"";
+    let Some((host, port)) = text.rsplit_once(':') else {
+        return Err(format!("{text:?} has no port; {hint}"));
+    };
+    if host.is_empty() || port.parse::<u16>().is_err() {
+        return Err(format!("{text:?} is not a valid address; {hint}"));
+    }
+    match text.to_socket_addrs() {
+        Ok(mut addrs) => addrs
+            .next()
+            .ok_or_else(|| format!("{text:?} resolves to no address")),
+        Err(e) => Err(format!("{text:?} does not resolve ({e}); {hint}")),
+    }
+}
+
+/// `"16MiB"`, `"512KiB"`, `"1GiB"` or a plain number of bytes.
+fn parse_bytes(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let n: u64 = digits.parse().ok()?;
+    let scale = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        _ => return None,
+    };
+    n.checked_mul(scale)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,99 @@
+//! Snapshot tests: every `tests/configs/*.toml` is parsed and its outcome (the typed
+//! config, or every error with its location) compared with the `.expected` file beside
+//! it. `UPDATE_SNAPSHOTS=1 cargo test -p switchyard config` rewrites the snapshots.
+
+use super::*;
+
+/// The bundled plugin names; no plugins directory is consulted.
+struct Bundled;
+
+impl PluginCatalog for Bundled {
+    fn has_plugin(&self, name: &str, _dir: Option<&Path>) -> bool {
+        ["round-robin", "least-conn", "latency"].contains(&name)
+    }
+    fn names(&self, _dir: Option<&Path>) -> Vec<String> {
+        vec!["latency".into(), "least-conn".into(), "round-robin".into()]
+    }
+}
+
+fn outcome(file: &Path, text: &str) -> String {
+    match parse(text, file, &Bundled) {
+        Ok(c) => {
+            let mut out = format!(
+                "ok: listen {:?}, threads {}\n",
+                c.proxy.listen, c.proxy.threads
+            );
+            out.push_str(&format!(
+                "plugins: dir {:?}, limits {:?}\n",
+                c.plugins.dir, c.plugins.limits
+            ));
+            for p in &c.pools {
+                out.push_str(&format!(
+                    "pool {}: balancer {} at {}, config {:?}, connect_timeout {:?}, retries {}\n",
+                    p.name,
+                    p.balancer,
+                    p.balancer_at,
+                    p.balancer_config,
+                    p.connect_timeout,
+                    p.retries
+                ));
+                for b in &p.backends {
+                    out.push_str(&format!("  backend {} weight {}\n", b.addr, b.weight));
+                }
+            }
+            for r in &c.routes {
+                out.push_str(&format!(
+                    "route host {:?} prefix {:?} -> {}\n",
+                    r.host, r.path_prefix, r.pool
+                ));
+            }
+            out
+        }
+        Err(errors) => format!("{errors}\n"),
+    }
+}
+
+#[test]
+fn config_snapshots() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/configs");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    files.sort();
+    assert!(
+        files.len() >= 4,
+        "snapshot files missing in {}",
+        dir.display()
+    );
+    let update = std::env::var_os("UPDATE_SNAPSHOTS").is_some();
+    let mut mismatches = Vec::new();
+    for path in files {
+        let text = std::fs::read_to_string(&path).unwrap();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        let got = outcome(Path::new(&format!("configs/{name}")), &text);
+        let expected_path = path.with_extension("expected");
+        if update {
+            std::fs::write(&expected_path, &got).unwrap();
+            continue;
+        }
+        let expected = std::fs::read_to_string(&expected_path).unwrap_or_default();
+        if got != expected {
+            mismatches.push(format!("--- {}\n{got}", expected_path.display()));
+        }
+    }
+    assert!(
+        mismatches.is_empty(),
+        "snapshots differ (UPDATE_SNAPSHOTS=1 to accept):\n{}",
+        mismatches.join("\n")
+    );
+}
+
+#[test]
+fn sizes_parse_with_binary_units() {
+    assert_eq!(parse_bytes("16MiB"), Some(16 << 20));
+    assert_eq!(parse_bytes("512 KiB"), Some(512 << 10));
+    assert_eq!(parse_bytes("4096"), Some(4096));
+    assert_eq!(parse_bytes("16MB"), None);
+}

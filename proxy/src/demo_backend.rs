@@ -1,0 +1,139 @@
+//! A small HTTP/1.1 origin server for the demo and the tests: answers every request
+//! with `<name>\n`, after an adjustable delay and with an adjustable status.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// Knobs of a running demo backend, shared with its connections.
+#[derive(Debug)]
+pub struct BackendControl {
+    /// Name sent in the body and the `x-backend` header.
+    pub name: String,
+    delay_us: AtomicU64,
+    status: AtomicU16,
+    /// Requests answered.
+    pub served: AtomicU64,
+}
+
+impl BackendControl {
+    /// Delay before each answer from now on.
+    pub fn set_delay(&self, delay: Duration) {
+        self.delay_us.store(
+            u64::try_from(delay.as_micros()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+    }
+
+    /// Status of each answer from now on.
+    pub fn set_status(&self, status: u16) {
+        self.status.store(status, Ordering::Relaxed);
+    }
+
+    /// Requests answered so far.
+    pub fn served(&self) -> u64 {
+        self.served.load(Ordering::Relaxed)
+    }
+}
+
+/// Binds `addr` (use port 0 for an ephemeral port) and serves until the runtime stops.
+pub async fn start(
+    name: &str,
+    addr: SocketAddr,
+    delay: Duration,
+) -> std::io::Result<(SocketAddr, Arc<BackendControl>)> {
+    let listener = TcpListener::bind(addr).await?;
+    let local = listener.local_addr()?;
+    let control = Arc::new(BackendControl {
+        name: name.to_owned(),
+        delay_us: AtomicU64::new(0),
+        status: AtomicU16::new(200),
+        served: AtomicU64::new(0),
+    });
+    control.set_delay(delay);
+    let shared = Arc::clone(&control);
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let control = Arc::clone(&shared);
+            tokio::spawn(async move {
+                // A connection error only ends that connection.
+                let _ = serve(stream, &control).await;
+            });
+        }
+    });
+    Ok((local, control))
+}
+
+const MAX_HEAD: usize = 64 * 1024;
+
+async fn serve(mut stream: TcpStream, control: &BackendControl) -> std::io::Result<()> {
+    stream.set_nodelay(true)?;
+    let mut buf = Vec::with_capacity(4096);
+    loop {
+        // Read one request head.
+        let head_end = loop {
+            if let Some(pos) = find(&buf, b"\r\n\r\n") {
+                break pos + 4;
+            }
+            if buf.len() > MAX_HEAD {
+                return Ok(());
+            }
+            let mut chunk = [0u8; 4096];
+            let n = stream.read(&mut chunk).await?;
+            if n == 0 {
+                return Ok(());
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        };
+        let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+        let body_len = header_value(&head, "content-length")
+            .and_then(|v| v.parse::<usize>().ok())
+            .unwrap_or(0);
+        let close = header_value(&head, "connection").is_some_and(|v| v == "close");
+        while buf.len() < head_end + body_len {
+            let mut chunk = [0u8; 4096];
+            let n = stream.read(&mut chunk).await?;
+            if n == 0 {
+                return Ok(());
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        buf.drain(..head_end + body_len);
+
+        let delay = control.delay_us.load(Ordering::Relaxed);
+        if delay > 0 {
+            tokio::time::sleep(Duration::from_micros(delay)).await;
+        }
+        let status = control.status.load(Ordering::Relaxed);
+        let body = format!("{}\n", control.name);
+        let response = format!(
+            "HTTP/1.1 {status} {}\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nx-backend: {}\r\n{}\r\n{body}",
+            if status < 400 { "OK" } else { "Error" },
+            body.len(),
+            control.name,
+            if close { "connection: close\r\n" } else { "" },
+        );
+        stream.write_all(response.as_bytes()).await?;
+        control.served.fetch_add(1, Ordering::Relaxed);
+        if close {
+            return Ok(());
+        }
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+fn header_value<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines().skip(1).find_map(|line| {
+        let (k, v) = line.split_once(':')?;
+        (k.trim() == name).then(|| v.trim())
+    })
+}

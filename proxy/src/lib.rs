@@ -1,0 +1,14 @@
+//! Switchyard: a reverse proxy on Pingora whose balancing decisions are made by
+//! sandboxed WebAssembly plugins.
+//!
+//! See `docs/architecture.md` for how a request flows through these modules.
+
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+pub mod config;
+pub mod demo_backend;
+pub mod plugin;
+pub mod pool;
+pub mod proxy;
+pub mod router;
+pub mod server;

@@ -1,0 +1,254 @@
+//! The `switchyard` command.
+
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use clap::{Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+use switchyard::config::{self, Config};
+use switchyard::plugin::PluginEngine;
+use switchyard::plugin::registry::FsCatalog;
+use switchyard::server;
+
+/// A programmable reverse proxy: balancing decisions are made by WebAssembly plugins.
+#[derive(Debug, Parser)]
+#[command(name = "switchyard", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the proxy.
+    Run {
+        /// Configuration file (TOML).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Validate a configuration and load every plugin it names, like `nginx -t`.
+    /// Prints every problem with its file, line and column; exits 1 if there are any.
+    Check {
+        /// Configuration file (TOML).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Start three demo backends on loopback and the proxy in front of them, with a
+    /// pool for each bundled balancer.
+    Demo {
+        /// Address the proxy listens on.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+    },
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    use std::io::IsTerminal;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    match cli.command {
+        Command::Run { config } => run(&config),
+        Command::Check { config } => check(&config),
+        Command::Demo { listen } => demo(listen),
+    }
+}
+
+fn load(path: &Path) -> Result<Config, ExitCode> {
+    config::load(path, &FsCatalog).map_err(|errors| {
+        eprintln!("{errors}");
+        eprintln!(
+            "{}: {} problem(s); nothing was started",
+            path.display(),
+            errors.0.len()
+        );
+        ExitCode::FAILURE
+    })
+}
+
+fn run(path: &Path) -> ExitCode {
+    let config = match load(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    match server::run(config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn check(path: &Path) -> ExitCode {
+    let config = match load(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let engine = match PluginEngine::new() {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("error: cannot start the plugin engine: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match server::build_runtime(&config, &engine) {
+        Ok(runtime) => {
+            println!("{}: ok", path.display());
+            for pool in &runtime.pools {
+                let plugin = pool.balancer.plugin();
+                println!(
+                    "  pool {:?}: balancer {} ({}), {} backend(s)",
+                    pool.name,
+                    plugin.name,
+                    plugin.source,
+                    pool.backends.len()
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn demo(listen: SocketAddr) -> ExitCode {
+    let delays = [
+        ("backend-a", 0),
+        ("backend-b", 0),
+        ("backend-c (40 ms)", 40),
+    ];
+    let (tx, rx) = std::sync::mpsc::channel();
+    // The demo backends run on their own runtime; Pingora builds its own for the proxy.
+    std::thread::spawn(move || {
+        let runtime = match tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+        {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = tx.send(Err(e));
+                return;
+            }
+        };
+        runtime.block_on(async move {
+            let mut addrs = Vec::new();
+            for (name, ms) in delays {
+                match switchyard::demo_backend::start(
+                    name,
+                    ([127, 0, 0, 1], 0).into(),
+                    Duration::from_millis(ms),
+                )
+                .await
+                {
+                    Ok((addr, _control)) => addrs.push(addr),
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                        return;
+                    }
+                }
+            }
+            let _ = tx.send(Ok(addrs));
+            std::future::pending::<()>().await;
+        });
+    });
+    let addrs = match rx.recv() {
+        Ok(Ok(addrs)) => addrs,
+        Ok(Err(e)) => {
+            eprintln!("error: cannot start the demo backends: {e}");
+            return ExitCode::FAILURE;
+        }
+        Err(_) => {
+            eprintln!("error: the demo backends did not start");
+            return ExitCode::FAILURE;
+        }
+    };
+    let backends = |weights: [u32; 3]| {
+        addrs
+            .iter()
+            .zip(weights)
+            .map(|(a, w)| format!("{{ addr = \"{a}\", weight = {w} }}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let text = format!(
+        r#"# Written by `switchyard demo`.
+[proxy]
+listen = ["{listen}"]
+threads = 2
+
+[[pools]]
+name = "round-robin"
+balancer = "round-robin"
+backends = [{rr}]
+
+[[pools]]
+name = "least-conn"
+balancer = "least-conn"
+backends = [{even}]
+
+[[pools]]
+name = "latency"
+balancer = "latency"
+balancer_config = {{ decay = "5s" }}
+backends = [{even}]
+
+[[routes]]
+path_prefix = "/"
+pool = "round-robin"
+
+[[routes]]
+path_prefix = "/least-conn"
+pool = "least-conn"
+
+[[routes]]
+path_prefix = "/latency"
+pool = "latency"
+"#,
+        rr = backends([2, 1, 1]),
+        even = backends([1, 1, 1]),
+    );
+    let dir = std::env::temp_dir().join(format!("switchyard-demo-{}", std::process::id()));
+    let path = dir.join("switchyard.toml");
+    if let Err(e) = std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(&path, text)) {
+        eprintln!(
+            "error: cannot write the demo configuration to {}: {e}",
+            path.display()
+        );
+        return ExitCode::FAILURE;
+    }
+    let config = match load(&path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    println!(
+        "Switchyard demo: 3 backends on loopback behind http://{listen} (config: {})",
+        path.display()
+    );
+    println!("  curl -s http://{listen}/             # round-robin, weights 2:1:1");
+    println!("  curl -s http://{listen}/least-conn   # fewest requests in flight");
+    println!("  curl -s http://{listen}/latency      # peak-EWMA: avoids the 40 ms backend");
+    println!("  for i in $(seq 8); do curl -s http://{listen}/; done");
+    println!("Ctrl-C stops it.");
+    match server::run(config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}

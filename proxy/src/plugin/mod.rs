@@ -1,0 +1,105 @@
+//! Wasm plugins: loading, sandboxing and calling them.
+//!
+//! - [`sandbox`]: the engine and what a plugin may reach.
+//! - [`registry`]: finds plugins by name (bundled, or `*.wasm` in the plugins directory),
+//!   compiles and links them.
+//! - [`balancer`]: one live instance per pool, called for each request, with failure
+//!   handling.
+
+pub mod balancer;
+pub mod bundled;
+pub mod output;
+pub mod registry;
+pub mod request;
+pub mod sandbox;
+
+pub use balancer::{FailureKind, PoolBalancer};
+pub use registry::{LoadedPlugin, PluginRegistry, PluginSource};
+pub use sandbox::{PluginEngine, PluginState};
+
+/// Host-side bindings of `wit/plugin.wit`, world `balancer`.
+pub mod host_bindings {
+    #![allow(missing_docs, missing_debug_implementations, clippy::all)]
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "balancer",
+        with: { "switchyard:plugin/types.request": super::request::RequestHandle },
+    });
+}
+
+/// Everything that can go wrong with a plugin, tagged by what the operator should do.
+#[derive(Debug, thiserror::Error)]
+pub enum PluginError {
+    /// The plugin file could not be read.
+    #[error("plugin `{name}`: cannot read {path}: {source}", path = path.display())]
+    Read {
+        /// Plugin name.
+        name: String,
+        /// File.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// No bundled plugin and no file of that name.
+    #[error("plugin `{name}` not found: it is not bundled and {looked}")]
+    NotFound {
+        /// Plugin name.
+        name: String,
+        /// Where it was looked for.
+        looked: String,
+    },
+    /// Not a WebAssembly component wasmtime can compile.
+    #[error(
+        "plugin `{name}` ({source_desc}) is not a valid WebAssembly component: {reason}; build it with `cargo build --release --target wasm32-wasip2`"
+    )]
+    Compile {
+        /// Plugin name.
+        name: String,
+        /// Bundled or file path.
+        source_desc: String,
+        /// Compiler message.
+        reason: String,
+    },
+    /// Imports something the host does not provide, or lacks an export of the world.
+    #[error(
+        "plugin `{name}` ({source_desc}) does not fit world `balancer` of switchyard:plugin@0.1.0: {reason}"
+    )]
+    Link {
+        /// Plugin name.
+        name: String,
+        /// Bundled or file path.
+        source_desc: String,
+        /// What is missing or mismatched.
+        reason: String,
+    },
+    /// `init` returned an error: the plugin's own message about its configuration.
+    #[error("plugin `{name}` rejected its configuration: {message}")]
+    InitRejected {
+        /// Plugin name.
+        name: String,
+        /// The plugin's message.
+        message: String,
+    },
+    /// The plugin trapped, ran out of time or memory, or broke the calling contract.
+    #[error("plugin `{name}` failed in `{call}` ({kind}): {detail}")]
+    Call {
+        /// Plugin name.
+        name: String,
+        /// Export being called.
+        call: &'static str,
+        /// Category, for counting.
+        kind: FailureKind,
+        /// What happened.
+        detail: String,
+    },
+}
+
+impl PluginError {
+    /// The failure category when this is a call failure.
+    pub fn failure_kind(&self) -> Option<FailureKind> {
+        match self {
+            PluginError::Call { kind, .. } => Some(*kind),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,362 @@
+//! The sandbox every plugin instance runs in: one engine, an empty WASI context, and
+//! only non-blocking host functions.
+//!
+//! Plugins are called synchronously on the proxy's worker threads, inside a Tokio
+//! runtime. wasmtime-wasi's synchronous bindings run their blocking operations
+//! (`blocking-write-and-flush`, `poll`, stream drops…) through `Handle::block_on`,
+//! which panics inside a runtime. So `wasi:io` is linked here through [`NonBlocking`],
+//! which completes those operations at once when they can (all streams a plugin can
+//! reach — stdout and stderr — are always ready) and traps the plugin when it would
+//! have to wait: a plugin may not sleep on a proxy thread.
+
+use std::future::Future;
+use std::pin::pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
+use wasmtime::{Engine, StoreLimits, StoreLimitsBuilder};
+use wasmtime_wasi::cli::WasiCliView as _;
+use wasmtime_wasi::clocks::WasiClocksView as _;
+use wasmtime_wasi::filesystem::WasiFilesystemView as _;
+use wasmtime_wasi::p2::bindings::sync::io::{poll as sync_poll, streams as sync_streams};
+use wasmtime_wasi::p2::bindings::{cli, clocks, filesystem, random, sync as wasi_sync};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_io::bindings::wasi::io::poll::{
+    Host as AsyncPoll, HostPollable as AsyncPollable,
+};
+use wasmtime_wasi_io::bindings::wasi::io::streams::{
+    HostInputStream as AsyncInput, HostOutputStream as AsyncOutput,
+};
+use wasmtime_wasi_io::poll::DynPollable;
+use wasmtime_wasi_io::streams::{DynInputStream, DynOutputStream, StreamError, StreamResult};
+
+use super::output::PluginOutput;
+use super::request::RequestSlot;
+
+/// How often the epoch advances. A call's deadline is a whole number of ticks, so a
+/// call runs for at least its budget and at most one tick more.
+pub const EPOCH_TICK: Duration = Duration::from_micros(500);
+
+/// The one wasmtime engine of the process, with the epoch ticker that enforces call
+/// deadlines.
+#[derive(Clone)]
+pub struct PluginEngine {
+    engine: Engine,
+    stop: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for PluginEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PluginEngine").finish_non_exhaustive()
+    }
+}
+
+impl PluginEngine {
+    /// Creates the engine and starts its epoch ticker thread.
+    pub fn new() -> wasmtime::Result<Self> {
+        let mut config = wasmtime::Config::new();
+        config.wasm_component_model(true);
+        // Deadlines by epoch: a counter check on loop back-edges, far cheaper than fuel.
+        config.epoch_interruption(true);
+        let engine = Engine::new(&config)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let ticker_engine = engine.weak();
+        let ticker_stop = Arc::clone(&stop);
+        std::thread::Builder::new()
+            .name("switchyard-epoch".into())
+            .spawn(move || {
+                while !ticker_stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(EPOCH_TICK);
+                    match ticker_engine.upgrade() {
+                        Some(engine) => engine.increment_epoch(),
+                        None => break,
+                    }
+                }
+            })
+            .map_err(|e| wasmtime::format_err!("cannot start the epoch ticker thread: {e}"))?;
+        Ok(PluginEngine { engine, stop })
+    }
+
+    /// The wasmtime engine.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Epoch ticks to allow a call that may run for `budget`.
+    pub fn deadline_ticks(budget: Duration) -> u64 {
+        let ticks = budget.as_micros().div_ceil(EPOCH_TICK.as_micros());
+        u64::try_from(ticks)
+            .unwrap_or(u64::MAX / 2)
+            .saturating_add(1)
+    }
+}
+
+impl Drop for PluginEngine {
+    fn drop(&mut self) {
+        if Arc::strong_count(&self.stop) == 1 {
+            self.stop.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Per-instance host state.
+pub struct PluginState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    pub(crate) limits: StoreLimits,
+    /// The request of the call in progress.
+    pub(crate) request: RequestSlot,
+}
+
+impl std::fmt::Debug for PluginState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PluginState").finish_non_exhaustive()
+    }
+}
+
+impl PluginState {
+    /// Fresh state for one instance of `plugin`: no files, no environment, no
+    /// arguments, no sockets; stdout and stderr go to the log.
+    pub fn new(plugin: &str, memory_bytes: u64) -> Self {
+        let output = PluginOutput::new(plugin);
+        let wasi = WasiCtx::builder()
+            .stdout(output.stream("stdout"))
+            .stderr(output.stream("stderr"))
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .build();
+        let memory = usize::try_from(memory_bytes).unwrap_or(usize::MAX);
+        let limits = StoreLimitsBuilder::new()
+            .memory_size(memory)
+            .table_elements(100_000)
+            .instances(32)
+            .tables(32)
+            .memories(8)
+            .trap_on_grow_failure(false)
+            .build();
+        PluginState {
+            wasi,
+            table: ResourceTable::new(),
+            limits,
+            request: RequestSlot::default(),
+        }
+    }
+}
+
+impl WasiView for PluginState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+/// Adds the WASI interfaces a plugin may import. Sockets are not linked at all: a
+/// plugin that imports them is rejected at load, naming the import.
+pub fn add_wasi(linker: &mut Linker<PluginState>) -> wasmtime::Result<()> {
+    type T = PluginState;
+    let l = linker;
+    clocks::wall_clock::add_to_linker::<T, wasmtime_wasi::clocks::WasiClocks>(l, T::clocks)?;
+    clocks::monotonic_clock::add_to_linker::<T, wasmtime_wasi::clocks::WasiClocks>(l, T::clocks)?;
+    random::random::add_to_linker::<T, wasmtime_wasi::random::WasiRandom>(l, |t| t.wasi.random())?;
+    random::insecure::add_to_linker::<T, wasmtime_wasi::random::WasiRandom>(l, |t| {
+        t.wasi.random()
+    })?;
+    random::insecure_seed::add_to_linker::<T, wasmtime_wasi::random::WasiRandom>(l, |t| {
+        t.wasi.random()
+    })?;
+    cli::exit::add_to_linker::<T, wasmtime_wasi::cli::WasiCli>(l, T::cli)?;
+    cli::environment::add_to_linker::<T, wasmtime_wasi::cli::WasiCli>(l, T::cli)?;
+    cli::stdin::add_to_linker::<T, wasmtime_wasi::cli::WasiCli>(l, T::cli)?;
+    cli::stdout::add_to_linker::<T, wasmtime_wasi::cli::WasiCli>(l, T::cli)?;
+    cli::stderr::add_to_linker::<T, wasmtime_wasi::cli::WasiCli>(l, T::cli)?;
+    cli::terminal_input::add_to_linker::<T, wasmtime_wasi::cli::WasiCli>(l, T::cli)?;
+    cli::terminal_output::add_to_linker::<T, wasmtime_wasi::cli::WasiCli>(l, T::cli)?;
+    cli::terminal_stdin::add_to_linker::<T, wasmtime_wasi::cli::WasiCli>(l, T::cli)?;
+    cli::terminal_stdout::add_to_linker::<T, wasmtime_wasi::cli::WasiCli>(l, T::cli)?;
+    cli::terminal_stderr::add_to_linker::<T, wasmtime_wasi::cli::WasiCli>(l, T::cli)?;
+    // No directory is preopened, so a plugin can name no file to open.
+    filesystem::preopens::add_to_linker::<T, wasmtime_wasi::filesystem::WasiFilesystem>(
+        l,
+        T::filesystem,
+    )?;
+    wasi_sync::filesystem::types::add_to_linker::<T, wasmtime_wasi::filesystem::WasiFilesystem>(
+        l,
+        T::filesystem,
+    )?;
+    wasmtime_wasi_io::bindings::wasi::io::error::add_to_linker::<T, TableOnly>(l, |t| {
+        &mut t.table
+    })?;
+    sync_poll::add_to_linker::<T, NonBlockingIo>(l, |t| NonBlocking(&mut t.table))?;
+    sync_streams::add_to_linker::<T, NonBlockingIo>(l, |t| NonBlocking(&mut t.table))?;
+    Ok(())
+}
+
+struct TableOnly;
+impl HasData for TableOnly {
+    type Data<'a> = &'a mut ResourceTable;
+}
+
+struct NonBlockingIo;
+impl HasData for NonBlockingIo {
+    type Data<'a> = NonBlocking<'a>;
+}
+
+/// `wasi:io` over the resource table, completing every operation without waiting.
+struct NonBlocking<'a>(&'a mut ResourceTable);
+
+/// Runs `future` to completion if it is ready on its first poll; otherwise the
+/// plugin was about to wait, which it may not do on a proxy thread.
+fn at_once<F: Future>(operation: &str, future: F) -> wasmtime::Result<F::Output> {
+    let mut future = pin!(future);
+    match future
+        .as_mut()
+        .poll(&mut Context::from_waker(Waker::noop()))
+    {
+        Poll::Ready(out) => Ok(out),
+        Poll::Pending => Err(wasmtime::format_err!(
+            "plugin tried to wait in `{operation}`; plugins must not sleep, poll or block"
+        )),
+    }
+}
+
+fn stream_at_once<T, F: Future<Output = StreamResult<T>>>(
+    operation: &str,
+    future: F,
+) -> StreamResult<T> {
+    at_once(operation, future).map_err(StreamError::Trap)?
+}
+
+impl sync_poll::Host for NonBlocking<'_> {
+    fn poll(&mut self, pollables: Vec<Resource<DynPollable>>) -> wasmtime::Result<Vec<u32>> {
+        at_once("wasi:io/poll.poll", AsyncPoll::poll(self.0, pollables))?
+    }
+}
+
+impl sync_poll::HostPollable for NonBlocking<'_> {
+    fn ready(&mut self, pollable: Resource<DynPollable>) -> wasmtime::Result<bool> {
+        at_once("pollable.ready", AsyncPollable::ready(self.0, pollable))?
+    }
+    fn block(&mut self, pollable: Resource<DynPollable>) -> wasmtime::Result<()> {
+        at_once("pollable.block", AsyncPollable::block(self.0, pollable))?
+    }
+    fn drop(&mut self, pollable: Resource<DynPollable>) -> wasmtime::Result<()> {
+        wasmtime_wasi_io::bindings::wasi::io::poll::HostPollable::drop(self.0, pollable)
+    }
+}
+
+impl sync_streams::Host for NonBlocking<'_> {
+    fn convert_stream_error(
+        &mut self,
+        err: StreamError,
+    ) -> wasmtime::Result<sync_streams::StreamError> {
+        sync_streams::Host::convert_stream_error(self.0, err)
+    }
+}
+
+impl sync_streams::HostOutputStream for NonBlocking<'_> {
+    fn drop(&mut self, stream: Resource<DynOutputStream>) -> wasmtime::Result<()> {
+        at_once("output-stream.drop", AsyncOutput::drop(self.0, stream))?
+    }
+    fn check_write(&mut self, stream: Resource<DynOutputStream>) -> StreamResult<u64> {
+        AsyncOutput::check_write(self.0, stream)
+    }
+    fn write(&mut self, stream: Resource<DynOutputStream>, bytes: Vec<u8>) -> StreamResult<()> {
+        AsyncOutput::write(self.0, stream, bytes)
+    }
+    fn blocking_write_and_flush(
+        &mut self,
+        stream: Resource<DynOutputStream>,
+        bytes: Vec<u8>,
+    ) -> StreamResult<()> {
+        stream_at_once(
+            "blocking-write-and-flush",
+            AsyncOutput::blocking_write_and_flush(self.0, stream, bytes),
+        )
+    }
+    fn blocking_write_zeroes_and_flush(
+        &mut self,
+        stream: Resource<DynOutputStream>,
+        len: u64,
+    ) -> StreamResult<()> {
+        stream_at_once(
+            "blocking-write-zeroes-and-flush",
+            AsyncOutput::blocking_write_zeroes_and_flush(self.0, stream, len),
+        )
+    }
+    fn subscribe(
+        &mut self,
+        stream: Resource<DynOutputStream>,
+    ) -> wasmtime::Result<Resource<DynPollable>> {
+        AsyncOutput::subscribe(self.0, stream)
+    }
+    fn write_zeroes(&mut self, stream: Resource<DynOutputStream>, len: u64) -> StreamResult<()> {
+        AsyncOutput::write_zeroes(self.0, stream, len)
+    }
+    fn flush(&mut self, stream: Resource<DynOutputStream>) -> StreamResult<()> {
+        AsyncOutput::flush(self.0, stream)
+    }
+    fn blocking_flush(&mut self, stream: Resource<DynOutputStream>) -> StreamResult<()> {
+        stream_at_once(
+            "blocking-flush",
+            AsyncOutput::blocking_flush(self.0, stream),
+        )
+    }
+    fn splice(
+        &mut self,
+        dst: Resource<DynOutputStream>,
+        src: Resource<DynInputStream>,
+        len: u64,
+    ) -> StreamResult<u64> {
+        AsyncOutput::splice(self.0, dst, src, len)
+    }
+    fn blocking_splice(
+        &mut self,
+        dst: Resource<DynOutputStream>,
+        src: Resource<DynInputStream>,
+        len: u64,
+    ) -> StreamResult<u64> {
+        stream_at_once(
+            "blocking-splice",
+            AsyncOutput::blocking_splice(self.0, dst, src, len),
+        )
+    }
+}
+
+impl sync_streams::HostInputStream for NonBlocking<'_> {
+    fn drop(&mut self, stream: Resource<DynInputStream>) -> wasmtime::Result<()> {
+        at_once("input-stream.drop", AsyncInput::drop(self.0, stream))?
+    }
+    fn read(&mut self, stream: Resource<DynInputStream>, len: u64) -> StreamResult<Vec<u8>> {
+        AsyncInput::read(self.0, stream, len)
+    }
+    fn blocking_read(
+        &mut self,
+        stream: Resource<DynInputStream>,
+        len: u64,
+    ) -> StreamResult<Vec<u8>> {
+        stream_at_once(
+            "blocking-read",
+            AsyncInput::blocking_read(self.0, stream, len),
+        )
+    }
+    fn skip(&mut self, stream: Resource<DynInputStream>, len: u64) -> StreamResult<u64> {
+        AsyncInput::skip(self.0, stream, len)
+    }
+    fn blocking_skip(&mut self, stream: Resource<DynInputStream>, len: u64) -> StreamResult<u64> {
+        stream_at_once(
+            "blocking-skip",
+            AsyncInput::blocking_skip(self.0, stream, len),
+        )
+    }
+    fn subscribe(
+        &mut self,
+        stream: Resource<DynInputStream>,
+    ) -> wasmtime::Result<Resource<DynPollable>> {
+        AsyncInput::subscribe(self.0, stream)
+    }
+}

@@ -1,0 +1,269 @@
+//! A pool of backends: their live numbers, the plugin that balances them, and the
+//! native round-robin fallback used when the plugin fails.
+
+use pingora::http::RequestHeader;
+use std::cell::RefCell;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use crate::config::PoolConfig;
+use crate::plugin::PoolBalancer;
+
+/// `u32` values per backend in the table passed to `select` (see `wit/plugin.wit`).
+pub const BACKEND_STRIDE: usize = 5;
+/// Flags bit: the backend may be chosen for this request.
+pub const FLAG_HEALTHY: u32 = 1;
+
+/// Decay time of the host's latency estimate (the one shown to every plugin).
+const HOST_EWMA_DECAY: Duration = Duration::from_secs(10);
+
+/// Peak-EWMA of response times: jumps up to a slower sample at once, decays toward
+/// faster ones with time constant τ.
+///
+/// ```text
+/// w = exp(−Δt / τ);  est' = rtt if rtt > est, else est·w + rtt·(1 − w)
+/// ```
+#[derive(Debug)]
+struct PeakEwma {
+    estimate_us: f64,
+    updated: Instant,
+}
+
+impl PeakEwma {
+    fn observe(&mut self, rtt: Duration, now: Instant) -> f64 {
+        let rtt_us = rtt.as_secs_f64() * 1e6;
+        if self.estimate_us == 0.0 || rtt_us > self.estimate_us {
+            self.estimate_us = rtt_us;
+        } else {
+            let elapsed = now.saturating_duration_since(self.updated).as_secs_f64();
+            let w = (-elapsed / HOST_EWMA_DECAY.as_secs_f64()).exp();
+            self.estimate_us = self.estimate_us * w + rtt_us * (1.0 - w);
+        }
+        self.updated = now;
+        self.estimate_us
+    }
+}
+
+/// One backend and its live numbers, shared by all proxy threads.
+#[derive(Debug)]
+pub struct Backend {
+    /// Address requests are sent to.
+    pub addr: SocketAddr,
+    /// Configured weight.
+    pub weight: u32,
+    in_flight: AtomicU32,
+    latency_us: AtomicU32,
+    recent_failures: AtomicU32,
+    served: AtomicU64,
+    ewma: Mutex<PeakEwma>,
+}
+
+impl Backend {
+    fn new(addr: SocketAddr, weight: u32) -> Self {
+        Backend {
+            addr,
+            weight,
+            in_flight: AtomicU32::new(0),
+            latency_us: AtomicU32::new(0),
+            recent_failures: AtomicU32::new(0),
+            served: AtomicU64::new(0),
+            ewma: Mutex::new(PeakEwma {
+                estimate_us: 0.0,
+                updated: Instant::now(),
+            }),
+        }
+    }
+
+    /// Requests in flight now.
+    pub fn in_flight(&self) -> u32 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Requests finished on this backend.
+    pub fn served(&self) -> u64 {
+        self.served.load(Ordering::Relaxed)
+    }
+
+    /// Host-measured peak-EWMA latency in µs (0 before the first response).
+    pub fn latency_us(&self) -> u32 {
+        self.latency_us.load(Ordering::Relaxed)
+    }
+}
+
+/// How a backend was picked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// The plugin chose.
+    Plugin,
+    /// The plugin failed or declined; the native round-robin chose.
+    Fallback,
+}
+
+/// A backend picked for one attempt.
+#[derive(Clone, Copy, Debug)]
+pub struct Choice {
+    /// Index in the pool.
+    pub index: usize,
+    /// Who decided.
+    pub decision: Decision,
+    /// Time spent deciding.
+    pub took: Duration,
+}
+
+/// A named pool of backends with its balancer.
+#[derive(Debug)]
+pub struct Pool {
+    /// Name routes refer to.
+    pub name: String,
+    /// Backends, in configuration order.
+    pub backends: Vec<Backend>,
+    /// The pool's plugin instance.
+    pub balancer: PoolBalancer,
+    /// Connect timeout per attempt.
+    pub connect_timeout: Duration,
+    /// Other backends to try after a connection failure.
+    pub retries: u32,
+    fallback_cursor: AtomicUsize,
+}
+
+thread_local! {
+    // The table handed to `select`, reused so a request allocates nothing for it.
+    static TABLE: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
+}
+
+impl Pool {
+    /// A pool from its configuration and an initialised balancer.
+    pub fn new(config: &PoolConfig, balancer: PoolBalancer) -> Self {
+        Pool {
+            name: config.name.clone(),
+            backends: config
+                .backends
+                .iter()
+                .map(|b| Backend::new(b.addr, b.weight))
+                .collect(),
+            balancer,
+            connect_timeout: config.connect_timeout,
+            retries: config.retries,
+            fallback_cursor: AtomicUsize::new(0),
+        }
+    }
+
+    /// Whether backend `i` may take this request.
+    fn eligible(&self, i: usize, excluded: &[usize]) -> bool {
+        i < self.backends.len() && !excluded.contains(&i)
+    }
+
+    /// True when some backend other than those in `excluded` is left to try.
+    pub fn has_candidate(&self, excluded: &[usize]) -> bool {
+        (0..self.backends.len()).any(|i| self.eligible(i, excluded))
+    }
+
+    fn fill_table(&self, excluded: &[usize], table: &mut Vec<u32>) {
+        table.clear();
+        for (i, b) in self.backends.iter().enumerate() {
+            table.extend_from_slice(&[
+                b.weight,
+                if self.eligible(i, excluded) {
+                    FLAG_HEALTHY
+                } else {
+                    0
+                },
+                b.in_flight.load(Ordering::Relaxed),
+                b.latency_us.load(Ordering::Relaxed),
+                b.recent_failures.load(Ordering::Relaxed),
+            ]);
+        }
+    }
+
+    /// Picks a backend for this request: the plugin's choice, or the native fallback
+    /// when the plugin fails or declines. `None` when no backend is left.
+    pub fn choose(
+        &self,
+        header: &mut RequestHeader,
+        client: Option<SocketAddr>,
+        excluded: &[usize],
+    ) -> Option<Choice> {
+        let started = Instant::now();
+        let from_plugin = TABLE.with(|cell| {
+            let mut table = cell.borrow_mut();
+            self.fill_table(excluded, &mut table);
+            self.balancer.select(header, client, &table)
+        });
+        let (index, decision) = match from_plugin {
+            Ok(Some(index)) => (Some(index), Decision::Plugin),
+            Ok(None) => (self.fallback(excluded), Decision::Fallback),
+            Err(e) => {
+                tracing::warn!(pool = %self.name, error = %e, "plugin failed; request served by the round-robin fallback");
+                (self.fallback(excluded), Decision::Fallback)
+            }
+        };
+        index.map(|index| Choice {
+            index,
+            decision,
+            took: started.elapsed(),
+        })
+    }
+
+    /// Native round-robin over the eligible backends.
+    fn fallback(&self, excluded: &[usize]) -> Option<usize> {
+        let n = self.backends.len();
+        let start = self.fallback_cursor.fetch_add(1, Ordering::Relaxed);
+        (0..n)
+            .map(|k| (start + k) % n)
+            .find(|&i| self.eligible(i, excluded))
+    }
+
+    /// Marks the start of a request on backend `i`.
+    pub fn begin(&self, i: usize) {
+        if let Some(b) = self.backends.get(i) {
+            b.in_flight.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Marks the end of a request on backend `i`: `status` 0 when it failed before
+    /// answering; `latency` to the response header (or to the failure).
+    pub fn finish(&self, i: usize, status: u16, latency: Duration) {
+        let Some(b) = self.backends.get(i) else {
+            return;
+        };
+        b.in_flight.fetch_sub(1, Ordering::Relaxed);
+        b.served.fetch_add(1, Ordering::Relaxed);
+        if status == 0 || status >= 500 {
+            b.recent_failures.fetch_add(1, Ordering::Relaxed);
+        } else {
+            b.recent_failures.store(0, Ordering::Relaxed);
+        }
+        if status != 0 {
+            let estimate = b
+                .ewma
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .observe(latency, Instant::now());
+            b.latency_us
+                .store(estimate.min(f64::from(u32::MAX)) as u32, Ordering::Relaxed);
+        }
+        if let Err(e) = self.balancer.on_response(i, status, latency) {
+            tracing::warn!(pool = %self.name, error = %e, "plugin failed in on-response");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peak_ewma_jumps_up_and_decays_down() {
+        let t0 = Instant::now();
+        let mut e = PeakEwma {
+            estimate_us: 0.0,
+            updated: t0,
+        };
+        assert_eq!(e.observe(Duration::from_millis(5), t0), 5000.0);
+        assert_eq!(e.observe(Duration::from_millis(80), t0), 80_000.0);
+        let later = e.observe(Duration::from_millis(5), t0 + HOST_EWMA_DECAY);
+        assert!((30_000.0..35_000.0).contains(&later), "{later}");
+    }
+}

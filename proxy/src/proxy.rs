@@ -1,0 +1,212 @@
+//! The Pingora side: the per-request flow through the proxy.
+//!
+//! ```text
+//! request_filter          route by host and path → pool (or 404)
+//! upstream_peer           pool.choose → plugin `select` (fallback on failure) → peer
+//!   fail_to_connect       release the attempt, exclude that backend, retry if allowed
+//! upstream_response_filter  note status and time to first byte
+//! logging                 release the attempt → plugin `on-response`, counters
+//! ```
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora::http::ResponseHeader;
+use pingora::prelude::HttpPeer;
+use pingora::proxy::{ProxyHttp, Session};
+use pingora::{Error, ErrorType, Result};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::plugin::request::request_host;
+use crate::pool::{Decision, Pool};
+use crate::router::Router;
+
+/// Everything the data path reads, swapped whole on reload.
+#[derive(Debug)]
+pub struct Runtime {
+    /// Pools, in configuration order.
+    pub pools: Vec<Arc<Pool>>,
+    /// Route table.
+    pub router: Router,
+}
+
+/// The proxy application handed to Pingora.
+#[derive(Debug)]
+pub struct Switchyard {
+    runtime: Arc<ArcSwap<Runtime>>,
+}
+
+impl Switchyard {
+    /// An application serving from `runtime`.
+    pub fn new(runtime: Arc<ArcSwap<Runtime>>) -> Self {
+        Switchyard { runtime }
+    }
+}
+
+/// One attempt to send the request to a backend.
+#[derive(Debug)]
+struct Attempt {
+    backend: usize,
+    started: Instant,
+    status: u16,
+    time_to_header: Option<Duration>,
+}
+
+/// Per-request state.
+#[derive(Debug, Default)]
+pub struct RequestCtx {
+    pool: Option<Arc<Pool>>,
+    attempt: Option<Attempt>,
+    /// Backends that already failed this request.
+    excluded: Vec<usize>,
+    decision: Option<Decision>,
+    decision_time: Duration,
+}
+
+impl RequestCtx {
+    /// Ends the current attempt, if any, telling the pool how it went.
+    fn release(&mut self, failed: bool) {
+        let (Some(pool), Some(a)) = (&self.pool, self.attempt.take()) else {
+            return;
+        };
+        let status = if failed { 0 } else { a.status };
+        let latency = a.time_to_header.unwrap_or_else(|| a.started.elapsed());
+        pool.finish(a.backend, status, latency);
+    }
+}
+
+async fn respond_text(session: &mut Session, status: u16, text: String) -> Result<bool> {
+    let body = Bytes::from(text);
+    let mut header = ResponseHeader::build(status, Some(3))?;
+    header.insert_header("content-type", "text/plain; charset=utf-8")?;
+    header.insert_header("content-length", body.len().to_string())?;
+    session
+        .write_response_header(Box::new(header), false)
+        .await?;
+    session.write_response_body(Some(body), true).await?;
+    Ok(true)
+}
+
+#[async_trait]
+impl ProxyHttp for Switchyard {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx::default()
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        let runtime = self.runtime.load();
+        let header = session.req_header();
+        let host = request_host(header);
+        let path = header.uri.path();
+        match runtime.router.route(&host, path) {
+            Some(i) => {
+                ctx.pool = runtime.pools.get(i).cloned();
+                Ok(false)
+            }
+            None => {
+                let text = format!("switchyard: no route for host {host:?} and path {path:?}\n");
+                respond_text(session, 404, text).await
+            }
+        }
+    }
+
+    async fn upstream_peer(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
+        // Pingora may ask again after an error on a reused connection: that attempt failed.
+        if let Some(a) = ctx.attempt.as_ref() {
+            ctx.excluded.push(a.backend);
+            ctx.release(true);
+        }
+        let Some(pool) = ctx.pool.clone() else {
+            return Err(Error::explain(
+                ErrorType::InternalError,
+                "request reached upstream_peer without a pool",
+            ));
+        };
+        let client = session.client_addr().and_then(|a| a.as_inet()).copied();
+        let Some(choice) = pool.choose(session.req_header_mut(), client, &ctx.excluded) else {
+            return Err(Error::explain(
+                ErrorType::HTTPStatus(502),
+                format!("pool {}: no backend left to try", pool.name),
+            ));
+        };
+        let backend = &pool.backends[choice.index];
+        pool.begin(choice.index);
+        ctx.attempt = Some(Attempt {
+            backend: choice.index,
+            started: Instant::now(),
+            status: 0,
+            time_to_header: None,
+        });
+        ctx.decision = Some(choice.decision);
+        ctx.decision_time += choice.took;
+        let mut peer = HttpPeer::new(backend.addr, false, String::new());
+        peer.options.connection_timeout = Some(pool.connect_timeout);
+        Ok(Box::new(peer))
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        if let Some(a) = ctx.attempt.as_ref() {
+            ctx.excluded.push(a.backend);
+        }
+        ctx.release(true);
+        if let Some(pool) = &ctx.pool {
+            let retries_used = ctx.excluded.len().saturating_sub(1);
+            if retries_used < pool.retries as usize && pool.has_candidate(&ctx.excluded) {
+                e.set_retry(true);
+            }
+        }
+        e
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        upstream: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let Some(a) = ctx.attempt.as_mut() {
+            a.status = upstream.status.as_u16();
+            a.time_to_header = Some(a.started.elapsed());
+        }
+        Ok(())
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        let failed = ctx
+            .attempt
+            .as_ref()
+            .is_some_and(|a| a.time_to_header.is_none())
+            || (e.is_some() && ctx.attempt.as_ref().is_some_and(|a| a.status == 0));
+        let backend = ctx
+            .attempt
+            .as_ref()
+            .and_then(|a| ctx.pool.as_ref().map(|p| p.backends[a.backend].addr));
+        ctx.release(failed);
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        tracing::debug!(
+            target: "switchyard::access",
+            method = %session.req_header().method,
+            path = %session.req_header().uri.path(),
+            status,
+            pool = ctx.pool.as_ref().map_or("-", |p| p.name.as_str()),
+            backend = ?backend,
+            decision = ?ctx.decision,
+            decision_us = ctx.decision_time.as_micros() as u64,
+            error = e.map(|e| e.to_string()),
+            "request"
+        );
+    }
+}

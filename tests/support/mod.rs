@@ -1,0 +1,307 @@
+//! Shared by the integration tests: real backends, the real `switchyard` binary, real
+//! `.wasm` plugins built from this repository, and a small HTTP client.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use switchyard::demo_backend::{self, BackendControl};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Directory holding the plugins `build.rs` compiled to wasm32-wasip2.
+pub fn wasm_dir() -> PathBuf {
+    PathBuf::from(env!("SWITCHYARD_WASM_DIR"))
+}
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// A backend on an ephemeral loopback port.
+pub struct TestBackend {
+    pub addr: SocketAddr,
+    pub control: Arc<BackendControl>,
+}
+
+/// Starts backends named `b0`, `b1`, … with the given delays.
+pub async fn backends(delays_ms: &[u64]) -> Vec<TestBackend> {
+    let mut out = Vec::new();
+    for (i, ms) in delays_ms.iter().enumerate() {
+        let (addr, control) = demo_backend::start(
+            &format!("b{i}"),
+            "127.0.0.1:0".parse().unwrap(),
+            Duration::from_millis(*ms),
+        )
+        .await
+        .unwrap();
+        out.push(TestBackend { addr, control });
+    }
+    out
+}
+
+/// `backends = [...]` for a pool, with optional weights.
+pub fn backends_toml(backends: &[TestBackend], weights: &[u32]) -> String {
+    let items: Vec<String> = backends
+        .iter()
+        .enumerate()
+        .map(|(i, b)| match weights.get(i) {
+            Some(w) => format!("{{ addr = \"{}\", weight = {w} }}", b.addr),
+            None => format!("{{ addr = \"{}\" }}", b.addr),
+        })
+        .collect();
+    format!("[{}]", items.join(", "))
+}
+
+/// A port that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A running `switchyard run` process; killed when dropped.
+pub struct Proxy {
+    child: Child,
+    pub addr: SocketAddr,
+    pub dir: tempfile::TempDir,
+    log: PathBuf,
+}
+
+impl Proxy {
+    /// Writes `body` (everything but `[proxy]`) to a config file in a fresh directory
+    /// with a `plugins/` directory holding `plugins` (name, path of a .wasm), then starts
+    /// the proxy and waits until it accepts connections.
+    pub fn start(body: &str, plugins: &[(&str, PathBuf)]) -> Proxy {
+        let dir = tempfile::tempdir().unwrap();
+        let plugin_dir = dir.path().join("plugins");
+        std::fs::create_dir_all(&plugin_dir).unwrap();
+        for (name, path) in plugins {
+            std::fs::copy(path, plugin_dir.join(format!("{name}.wasm"))).unwrap();
+        }
+        let port = free_port();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let config = format!(
+            "[proxy]\nlisten = [\"{addr}\"]\nthreads = 2\n\n[plugins]\ndir = \"plugins\"\n\n{body}"
+        );
+        let config_path = dir.path().join("switchyard.toml");
+        std::fs::write(&config_path, config).unwrap();
+        let log = dir.path().join("switchyard.log");
+        let child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+            .args(["run", "--config"])
+            .arg(&config_path)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let mut proxy = Proxy {
+            child,
+            addr,
+            dir,
+            log,
+        };
+        proxy.wait_ready();
+        proxy
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "switchyard exited with {status} before listening:\n{}",
+                    self.log()
+                );
+            }
+            if std::net::TcpStream::connect(self.addr).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!(
+            "switchyard did not listen on {} within 60 s:\n{}",
+            self.addr,
+            self.log()
+        );
+    }
+
+    /// Everything the proxy logged so far.
+    pub fn log(&self) -> String {
+        let mut text = String::new();
+        if let Ok(mut f) = std::fs::File::open(&self.log) {
+            let _ = f.read_to_string(&mut text);
+        }
+        text
+    }
+
+    /// The plugins directory of this proxy.
+    pub fn plugin_dir(&self) -> PathBuf {
+        self.dir.path().join("plugins")
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A parsed HTTP response.
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub headers: HashMap<String, String>,
+    pub body: String,
+}
+
+impl Response {
+    /// The backend that answered (its `x-backend` header).
+    pub fn backend(&self) -> &str {
+        self.headers.get("x-backend").map_or("", String::as_str)
+    }
+}
+
+/// Sends one request on a fresh connection.
+pub async fn request(
+    addr: SocketAddr,
+    path: &str,
+    host: &str,
+    headers: &[(&str, &str)],
+) -> std::io::Result<Response> {
+    let mut stream = TcpStream::connect(addr).await?;
+    let mut req = format!("GET {path} HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    stream.write_all(req.as_bytes()).await?;
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut raw))
+        .await
+        .map_err(|_| {
+            std::io::Error::new(std::io::ErrorKind::TimedOut, "response took over 30 s")
+        })??;
+    parse(&raw).ok_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("bad response: {:?}", String::from_utf8_lossy(&raw)),
+        )
+    })
+}
+
+fn parse(raw: &[u8]) -> Option<Response> {
+    let text = String::from_utf8_lossy(raw);
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    let mut lines = head.lines();
+    let status = lines.next()?.split_whitespace().nth(1)?.parse().ok()?;
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    Some(Response {
+        status,
+        headers,
+        body: body.to_owned(),
+    })
+}
+
+/// `GET path` with `Host: localhost`.
+pub async fn get(addr: SocketAddr, path: &str) -> Response {
+    request(addr, path, "localhost", &[]).await.unwrap()
+}
+
+/// Outcome of a bounded load run.
+#[derive(Debug, Default)]
+pub struct LoadResult {
+    /// Responses per backend name.
+    pub by_backend: HashMap<String, usize>,
+    /// Requests that failed (I/O error or a status other than 200).
+    pub failures: Vec<String>,
+    /// Requests sent.
+    pub total: usize,
+}
+
+impl LoadResult {
+    pub fn count(&self, backend: &str) -> usize {
+        self.by_backend.get(backend).copied().unwrap_or(0)
+    }
+    pub fn share(&self, backend: &str) -> f64 {
+        self.count(backend) as f64 / self.total.max(1) as f64
+    }
+}
+
+/// `total` requests from `concurrency` clients, each sending one after another.
+pub async fn load(addr: SocketAddr, path: &str, concurrency: usize, total: usize) -> LoadResult {
+    drive(addr, path, concurrency, Some(total / concurrency), None).await
+}
+
+/// Requests from `concurrency` clients for `duration` (bounded in count too).
+pub async fn load_for(
+    addr: SocketAddr,
+    path: &str,
+    concurrency: usize,
+    duration: Duration,
+) -> LoadResult {
+    drive(
+        addr,
+        path,
+        concurrency,
+        Some(100_000),
+        Some(Instant::now() + duration),
+    )
+    .await
+}
+
+async fn drive(
+    addr: SocketAddr,
+    path: &str,
+    concurrency: usize,
+    per_client: Option<usize>,
+    until: Option<Instant>,
+) -> LoadResult {
+    let tasks: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let path = path.to_owned();
+            tokio::spawn(async move {
+                let mut part = LoadResult::default();
+                while per_client.is_none_or(|n| part.total < n)
+                    && until.is_none_or(|t| Instant::now() < t)
+                {
+                    part.total += 1;
+                    match request(addr, &path, "localhost", &[]).await {
+                        Ok(r) if r.status == 200 => {
+                            *part.by_backend.entry(r.backend().to_owned()).or_default() += 1
+                        }
+                        Ok(r) => part
+                            .failures
+                            .push(format!("status {}: {}", r.status, r.body)),
+                        Err(e) => part.failures.push(e.to_string()),
+                    }
+                }
+                part
+            })
+        })
+        .collect();
+    let mut result = LoadResult::default();
+    for t in tasks {
+        let part = t.await.unwrap();
+        result.total += part.total;
+        result.failures.extend(part.failures);
+        for (k, v) in part.by_backend {
+            *result.by_backend.entry(k).or_default() += v;
+        }
+    }
+    result
+}
