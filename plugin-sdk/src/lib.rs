@@ -148,6 +148,7 @@ pub mod __private {
     }
 
     /// Implements the generated `Guest` trait for any [`Balancer`].
+    #[derive(Debug)]
     pub struct Export<T>(PhantomData<T>);
 
     impl<T: Balancer> crate::bindings::Guest for Export<T> {

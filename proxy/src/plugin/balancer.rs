@@ -243,10 +243,6 @@ impl PoolBalancer {
     /// Asks the plugin to choose among `backends` (the flat table of `wit/plugin.wit`)
     /// for the request whose header is `header`. `Ok(None)`: the plugin left the choice
     /// to the host.
-    #[expect(
-        clippy::ptr_arg,
-        reason = "the generated binding takes `&Vec<u32>` for a `list<u32>`"
-    )]
     pub fn select(
         &self,
         header: &mut RequestHeader,

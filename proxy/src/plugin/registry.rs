@@ -169,12 +169,11 @@ impl PluginCatalog for FsCatalog {
         if let Some(entries) = dir.and_then(|d| std::fs::read_dir(d).ok()) {
             for entry in entries.flatten() {
                 let path = entry.path();
-                if path.extension().is_some_and(|e| e == "wasm") {
-                    if let Some(stem) = path.file_stem().and_then(|s| s.to_str()) {
-                        if !names.iter().any(|n| n == stem) {
-                            names.push(stem.to_owned());
-                        }
-                    }
+                if path.extension().is_some_and(|e| e == "wasm")
+                    && let Some(stem) = path.file_stem().and_then(|s| s.to_str())
+                    && !names.iter().any(|n| n == stem)
+                {
+                    names.push(stem.to_owned());
                 }
             }
         }
