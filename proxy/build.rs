@@ -13,6 +13,7 @@ const PACKAGES: &[&str] = &[
     "switchyard-plugin-least-conn",
     "switchyard-plugin-latency",
     "trap-always",
+    "wrong-world",
 ];
 
 fn main() {

@@ -22,7 +22,7 @@ fn table(backends: usize) -> Vec<u32> {
 
 fn select(c: &mut Criterion) {
     let engine = PluginEngine::new().unwrap();
-    let registry = PluginRegistry::new(engine, None).unwrap();
+    let registry = PluginRegistry::new(engine, None, None).unwrap();
     let limits = PluginLimits {
         call_timeout: std::time::Duration::from_secs(1),
         ..PluginLimits::default()

@@ -113,6 +113,8 @@ pub struct Config {
     pub proxy: ProxySettings,
     /// Where plugins come from and what they may use.
     pub plugins: PluginSettings,
+    /// The admin socket.
+    pub admin: AdminSettings,
     /// Backend pools, in file order.
     pub pools: Vec<PoolConfig>,
     /// Routes, in file order; empty means "everything to the only pool".
@@ -128,11 +130,42 @@ pub struct ProxySettings {
     pub threads: usize,
 }
 
+/// `[admin]`
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AdminSettings {
+    /// Path of the Unix socket `switchyard ctl` talks to.
+    pub socket: PathBuf,
+}
+
+/// Default admin socket: `$XDG_RUNTIME_DIR/switchyard.sock`, else one per user in /tmp.
+pub fn default_admin_socket() -> PathBuf {
+    match std::env::var_os("XDG_RUNTIME_DIR") {
+        Some(dir) if !dir.is_empty() => PathBuf::from(dir).join("switchyard.sock"),
+        _ => {
+            use std::os::unix::fs::MetadataExt;
+            let uid = std::fs::metadata("/proc/self").map_or(0, |m| m.uid());
+            PathBuf::from(format!("/tmp/switchyard-{uid}.sock"))
+        }
+    }
+}
+
+/// Default compiled-plugin cache: `$XDG_CACHE_HOME/switchyard/plugins` or
+/// `~/.cache/switchyard/plugins`.
+fn default_cache_dir() -> Option<PathBuf> {
+    let base = match std::env::var_os("XDG_CACHE_HOME") {
+        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
+        _ => PathBuf::from(std::env::var_os("HOME")?).join(".cache"),
+    };
+    Some(base.join("switchyard").join("plugins"))
+}
+
 /// `[plugins]`
 #[derive(Clone, Debug)]
 pub struct PluginSettings {
     /// Directory of `*.wasm` plugins; a file replaces the bundled plugin of its name.
     pub dir: Option<PathBuf>,
+    /// Where compiled plugins are kept between runs; `None` turns the cache off.
+    pub cache_dir: Option<PathBuf>,
     /// Sandbox limits.
     pub limits: PluginLimits,
 }
@@ -222,6 +255,7 @@ impl HostPattern {
 struct RawConfig {
     proxy: Option<Spanned<RawProxy>>,
     plugins: Option<RawPlugins>,
+    admin: Option<RawAdmin>,
     #[serde(default)]
     pools: Vec<Spanned<RawPool>>,
     #[serde(default)]
@@ -235,8 +269,14 @@ struct RawProxy {
 }
 
 #[derive(Deserialize)]
+struct RawAdmin {
+    socket: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
 struct RawPlugins {
     dir: Option<Spanned<String>>,
+    cache_dir: Option<Spanned<String>>,
     limits: Option<RawLimits>,
 }
 
@@ -274,9 +314,10 @@ struct RawRoute {
 /// Keys allowed in each table, for the unknown-key hint.
 fn allowed_keys(parent: &str) -> &'static str {
     match parent {
-        "" => "proxy, plugins, pools, routes",
+        "" => "proxy, plugins, admin, pools, routes",
         "proxy" => "listen, threads",
-        "plugins" => "dir, limits",
+        "plugins" => "dir, cache_dir, limits",
+        "admin" => "socket",
         "plugins.limits" => "call_timeout, init_timeout, memory",
         "pools" => "name, balancer, balancer_config, backends, connect_timeout, retries",
         "pools.backends" => "addr, weight",
@@ -466,6 +507,13 @@ impl Validator<'_> {
     fn validate(&mut self, raw: RawConfig, catalog: &dyn PluginCatalog) -> Config {
         let proxy = self.proxy(raw.proxy);
         let plugins = self.plugins(raw.plugins);
+        let base = self.file.parent().unwrap_or(Path::new("."));
+        let admin = AdminSettings {
+            socket: raw
+                .admin
+                .and_then(|a| a.socket)
+                .map_or_else(default_admin_socket, |s| base.join(s.get_ref())),
+        };
         let mut pools = Vec::new();
         let mut names = HashSet::new();
         for (i, pool) in raw.pools.iter().enumerate() {
@@ -509,6 +557,7 @@ impl Validator<'_> {
             source: self.file.to_owned(),
             proxy,
             plugins,
+            admin,
             pools,
             routes,
         }
@@ -563,11 +612,18 @@ impl Validator<'_> {
         let Some(raw) = raw else {
             return PluginSettings {
                 dir: None,
+                cache_dir: default_cache_dir(),
                 limits: PluginLimits::default(),
             };
         };
         let base = self.file.parent().unwrap_or(Path::new("."));
         let dir = raw.dir.map(|d| base.join(d.get_ref()));
+        // An empty string turns the cache off.
+        let cache_dir = match raw.cache_dir {
+            Some(d) if d.get_ref().is_empty() => None,
+            Some(d) => Some(base.join(d.get_ref())),
+            None => default_cache_dir(),
+        };
         let mut limits = PluginLimits::default();
         if let Some(l) = raw.limits {
             limits.call_timeout = self.duration(
@@ -594,7 +650,11 @@ impl Validator<'_> {
                 }
             }
         }
-        PluginSettings { dir, limits }
+        PluginSettings {
+            dir,
+            cache_dir,
+            limits,
+        }
     }
 
     fn pool(

@@ -17,6 +17,8 @@ pub struct BackendControl {
     status: AtomicU16,
     /// Requests answered.
     pub served: AtomicU64,
+    /// Requests whose head has arrived (answered or not yet).
+    pub received: AtomicU64,
 }
 
 impl BackendControl {
@@ -37,6 +39,11 @@ impl BackendControl {
     pub fn served(&self) -> u64 {
         self.served.load(Ordering::Relaxed)
     }
+
+    /// Requests received so far, including those still being answered.
+    pub fn received(&self) -> u64 {
+        self.received.load(Ordering::Relaxed)
+    }
 }
 
 /// Binds `addr` (use port 0 for an ephemeral port) and serves until the runtime stops.
@@ -52,6 +59,7 @@ pub async fn start(
         delay_us: AtomicU64::new(0),
         status: AtomicU16::new(200),
         served: AtomicU64::new(0),
+        received: AtomicU64::new(0),
     });
     control.set_delay(delay);
     let shared = Arc::clone(&control);
@@ -105,6 +113,7 @@ async fn serve(mut stream: TcpStream, control: &BackendControl) -> std::io::Resu
             buf.extend_from_slice(&chunk[..n]);
         }
         buf.drain(..head_end + body_len);
+        control.received.fetch_add(1, Ordering::Relaxed);
 
         let delay = control.delay_us.load(Ordering::Relaxed);
         if delay > 0 {

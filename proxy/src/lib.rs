@@ -5,7 +5,10 @@
 
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod admin;
 pub mod config;
+pub mod control;
+pub mod ctl_format;
 pub mod demo_backend;
 pub mod plugin;
 pub mod pool;

@@ -42,6 +42,42 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
     },
+    /// Talk to a running proxy through its admin socket.
+    ///
+    /// Commands: status | plugins | backends [POOL] | reload [PLUGIN] |
+    /// drain POOL ADDR | undrain POOL ADDR | weight POOL ADDR N | config reload
+    Ctl {
+        /// Admin socket; default: [admin] socket of --config, else the default path.
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        /// Configuration file whose [admin] socket to use.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Print the raw JSON reply.
+        #[arg(long)]
+        json: bool,
+        /// The command and its arguments.
+        #[arg(required = true, num_args = 1..)]
+        command: Vec<String>,
+    },
+    /// Work with plugin files.
+    Plugin {
+        #[command(subcommand)]
+        command: PluginCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PluginCommand {
+    /// Validate a plugin offline: compile it, check its world and imports, run `init`
+    /// with the given settings and one `select`, and print what was found.
+    Check {
+        /// The component, e.g. target/wasm32-wasip2/release/my_balancer.wasm.
+        file: PathBuf,
+        /// A balancer_config entry, KEY=VALUE; repeatable.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        settings: Vec<String>,
+    },
 }
 
 fn init_logging() {
@@ -62,6 +98,15 @@ fn main() -> ExitCode {
         Command::Run { config } => run(&config),
         Command::Check { config } => check(&config),
         Command::Demo { listen } => demo(listen),
+        Command::Ctl {
+            socket,
+            config,
+            json,
+            command,
+        } => ctl(socket, config, json, &command),
+        Command::Plugin {
+            command: PluginCommand::Check { file, settings },
+        } => plugin_check(&file, &settings),
     }
 }
 
@@ -103,11 +148,12 @@ fn check(path: &Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match server::build_runtime(&config, &engine) {
+    match server::build_runtime(&config, &engine, None) {
         Ok(runtime) => {
             println!("{}: ok", path.display());
             for pool in &runtime.pools {
-                let plugin = pool.balancer.plugin();
+                let balancer = pool.balancer.load();
+                let plugin = balancer.plugin();
                 println!(
                     "  pool {:?}: balancer {} ({}), {} backend(s)",
                     pool.name,
@@ -248,6 +294,74 @@ pool = "latency"
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn ctl(
+    socket: Option<PathBuf>,
+    config: Option<PathBuf>,
+    raw_json: bool,
+    words: &[String],
+) -> ExitCode {
+    let words: Vec<&str> = words.iter().map(String::as_str).collect();
+    let request = match switchyard::admin::words_to_request(&words) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let socket = match (socket, config) {
+        (Some(s), _) => s,
+        (None, Some(c)) => match load(&c) {
+            Ok(c) => c.admin.socket,
+            Err(code) => return code,
+        },
+        (None, None) => config::default_admin_socket(),
+    };
+    let reply = match switchyard::admin::call(&socket, &request) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!(
+                "error: cannot talk to the proxy at {}: {e} (is it running? is [admin] socket the same?)",
+                socket.display()
+            );
+            return ExitCode::FAILURE;
+        }
+    };
+    if raw_json {
+        println!("{reply}");
+    } else {
+        print!("{}", switchyard::ctl_format::human(&request, &reply));
+    }
+    let rejected = reply["rejected"].as_array().is_some_and(|r| !r.is_empty());
+    if reply["ok"].as_bool() != Some(true) || rejected {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+fn plugin_check(file: &Path, settings: &[String]) -> ExitCode {
+    let mut balancer_config = Vec::new();
+    for s in settings {
+        match s.split_once('=') {
+            Some((k, v)) => balancer_config.push((k.to_owned(), v.to_owned())),
+            None => {
+                eprintln!("error: --set {s:?}: write KEY=VALUE");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    match switchyard::plugin::check_file(file, balancer_config) {
+        Ok(report) => {
+            println!("{report}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {}: {e}", file.display());
             ExitCode::FAILURE
         }
     }

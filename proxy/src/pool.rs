@@ -1,11 +1,12 @@
 //! A pool of backends: their live numbers, the plugin that balances them, and the
 //! native round-robin fallback used when the plugin fails.
 
+use arc_swap::ArcSwap;
 use pingora::http::RequestHeader;
 use std::cell::RefCell;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use crate::config::PoolConfig;
@@ -51,8 +52,8 @@ impl PeakEwma {
 pub struct Backend {
     /// Address requests are sent to.
     pub addr: SocketAddr,
-    /// Configured weight.
-    pub weight: u32,
+    weight: AtomicU32,
+    draining: AtomicBool,
     in_flight: AtomicU32,
     latency_us: AtomicU32,
     recent_failures: AtomicU32,
@@ -64,7 +65,8 @@ impl Backend {
     fn new(addr: SocketAddr, weight: u32) -> Self {
         Backend {
             addr,
-            weight,
+            weight: AtomicU32::new(weight),
+            draining: AtomicBool::new(false),
             in_flight: AtomicU32::new(0),
             latency_us: AtomicU32::new(0),
             recent_failures: AtomicU32::new(0),
@@ -74,6 +76,26 @@ impl Backend {
                 updated: Instant::now(),
             }),
         }
+    }
+
+    /// Current weight (configured, or set at run time).
+    pub fn weight(&self) -> u32 {
+        self.weight.load(Ordering::Relaxed)
+    }
+
+    /// Changes the weight at run time (at least 1).
+    pub fn set_weight(&self, weight: u32) {
+        self.weight.store(weight.max(1), Ordering::Relaxed);
+    }
+
+    /// True while draining: no new requests, in-flight ones finish.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Starts or stops draining.
+    pub fn set_draining(&self, draining: bool) {
+        self.draining.store(draining, Ordering::Relaxed);
     }
 
     /// Requests in flight now.
@@ -102,10 +124,12 @@ pub enum Decision {
 }
 
 /// A backend picked for one attempt.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct Choice {
     /// Index in the pool.
     pub index: usize,
+    /// The balancer that chose, to be told how the request ends.
+    pub balancer: Arc<PoolBalancer>,
     /// Who decided.
     pub decision: Decision,
     /// Time spent deciding.
@@ -119,8 +143,9 @@ pub struct Pool {
     pub name: String,
     /// Backends, in configuration order.
     pub backends: Vec<Backend>,
-    /// The pool's plugin instance.
-    pub balancer: PoolBalancer,
+    /// The pool's plugin instance; replaced whole by a plugin reload. A request keeps
+    /// the balancer that chose its backend until it ends.
+    pub balancer: ArcSwap<PoolBalancer>,
     /// Connect timeout per attempt.
     pub connect_timeout: Duration,
     /// Other backends to try after a connection failure.
@@ -143,16 +168,35 @@ impl Pool {
                 .iter()
                 .map(|b| Backend::new(b.addr, b.weight))
                 .collect(),
-            balancer,
+            balancer: ArcSwap::from_pointee(balancer),
             connect_timeout: config.connect_timeout,
             retries: config.retries,
             fallback_cursor: AtomicUsize::new(0),
         }
     }
 
+    /// Keeps draining the backends that were draining in `old` (same address), so a
+    /// configuration reload does not undo an operator's `drain`.
+    pub fn keep_draining_from(&self, old: &Pool) {
+        for b in &self.backends {
+            if old
+                .backends
+                .iter()
+                .any(|o| o.addr == b.addr && o.is_draining())
+            {
+                b.set_draining(true);
+            }
+        }
+    }
+
+    /// The backend at `addr` (as written, e.g. `127.0.0.1:3001`).
+    pub fn backend(&self, addr: &str) -> Option<&Backend> {
+        self.backends.iter().find(|b| b.addr.to_string() == addr)
+    }
+
     /// Whether backend `i` may take this request.
     fn eligible(&self, i: usize, excluded: &[usize]) -> bool {
-        i < self.backends.len() && !excluded.contains(&i)
+        self.backends.get(i).is_some_and(|b| !b.is_draining()) && !excluded.contains(&i)
     }
 
     /// True when some backend other than those in `excluded` is left to try.
@@ -164,7 +208,7 @@ impl Pool {
         table.clear();
         for (i, b) in self.backends.iter().enumerate() {
             table.extend_from_slice(&[
-                b.weight,
+                b.weight(),
                 if self.eligible(i, excluded) {
                     FLAG_HEALTHY
                 } else {
@@ -186,10 +230,11 @@ impl Pool {
         excluded: &[usize],
     ) -> Option<Choice> {
         let started = Instant::now();
+        let balancer = self.balancer.load_full();
         let from_plugin = TABLE.with(|cell| {
             let mut table = cell.borrow_mut();
             self.fill_table(excluded, &mut table);
-            self.balancer.select(header, client, &table)
+            balancer.select(header, client, &table)
         });
         let (index, decision) = match from_plugin {
             Ok(Some(index)) => (Some(index), Decision::Plugin),
@@ -201,6 +246,7 @@ impl Pool {
         };
         index.map(|index| Choice {
             index,
+            balancer,
             decision,
             took: started.elapsed(),
         })
@@ -223,8 +269,9 @@ impl Pool {
     }
 
     /// Marks the end of a request on backend `i`: `status` 0 when it failed before
-    /// answering; `latency` to the response header (or to the failure).
-    pub fn finish(&self, i: usize, status: u16, latency: Duration) {
+    /// answering; `latency` to the response header (or to the failure). `balancer` is
+    /// the one that chose the backend.
+    pub fn finish(&self, balancer: &PoolBalancer, i: usize, status: u16, latency: Duration) {
         let Some(b) = self.backends.get(i) else {
             return;
         };
@@ -244,7 +291,7 @@ impl Pool {
             b.latency_us
                 .store(estimate.min(f64::from(u32::MAX)) as u32, Ordering::Relaxed);
         }
-        if let Err(e) = self.balancer.on_response(i, status, latency) {
+        if let Err(e) = balancer.on_response(i, status, latency) {
             tracing::warn!(pool = %self.name, error = %e, "plugin failed in on-response");
         }
     }

@@ -18,6 +18,7 @@ use pingora::{Error, ErrorType, Result};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::plugin::PoolBalancer;
 use crate::plugin::request::request_host;
 use crate::pool::{Decision, Pool};
 use crate::router::Router;
@@ -48,6 +49,7 @@ impl Switchyard {
 #[derive(Debug)]
 struct Attempt {
     backend: usize,
+    balancer: Arc<PoolBalancer>,
     started: Instant,
     status: u16,
     time_to_header: Option<Duration>,
@@ -72,7 +74,7 @@ impl RequestCtx {
         };
         let status = if failed { 0 } else { a.status };
         let latency = a.time_to_header.unwrap_or_else(|| a.started.elapsed());
-        pool.finish(a.backend, status, latency);
+        pool.finish(&a.balancer, a.backend, status, latency);
     }
 }
 
@@ -140,6 +142,7 @@ impl ProxyHttp for Switchyard {
         pool.begin(choice.index);
         ctx.attempt = Some(Attempt {
             backend: choice.index,
+            balancer: choice.balancer,
             started: Instant::now(),
             status: 0,
             time_to_header: None,

@@ -1,4 +1,4 @@
-//! Turning a validated [`Config`] into a running proxy.
+//! Turning a validated [`Config`] into a running proxy, and rebuilding it at run time.
 
 use arc_swap::ArcSwap;
 use pingora::server::Server;
@@ -7,12 +7,13 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::config::{Config, ConfigErrors};
+use crate::control::Control;
 use crate::plugin::{LoadedPlugin, PluginEngine, PluginError, PluginRegistry, PoolBalancer};
 use crate::pool::Pool;
 use crate::proxy::{Runtime, Switchyard};
 use crate::router::Router;
 
-/// Why the proxy could not start.
+/// Why the proxy could not start (or a reload was rejected).
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     /// The configuration file has problems.
@@ -24,13 +25,36 @@ pub enum StartError {
     /// wasmtime could not be set up.
     #[error("cannot start the plugin engine: {0}")]
     Engine(String),
+    /// The admin socket could not be opened.
+    #[error("{0}")]
+    Admin(String),
+}
+
+/// A registry for `config`'s plugin directory and cache.
+pub fn registry(config: &Config, engine: &PluginEngine) -> Result<PluginRegistry, StartError> {
+    PluginRegistry::new(
+        engine.clone(),
+        config.plugins.dir.clone(),
+        config.plugins.cache_dir.clone(),
+    )
+    .map_err(|e| StartError::Engine(format!("{e:#}")))
 }
 
 /// Loads every plugin the configuration names and builds the pools, reporting every
-/// pool whose plugin fails (with the location of its `balancer` key).
-pub fn build_runtime(config: &Config, engine: &PluginEngine) -> Result<Runtime, StartError> {
-    let registry = PluginRegistry::new(engine.clone(), config.plugins.dir.clone())
-        .map_err(|e| StartError::Engine(format!("{e:#}")))?;
+/// pool whose plugin fails (with the location of its `balancer` key). Plugins whose
+/// code is unchanged since `previous` are reused without compiling, and backends that
+/// were draining there stay draining.
+pub fn build_runtime(
+    config: &Config,
+    engine: &PluginEngine,
+    previous: Option<&Runtime>,
+) -> Result<Runtime, StartError> {
+    let registry = registry(config, engine)?;
+    let mut reusable: HashMap<(String, String), Arc<LoadedPlugin>> = HashMap::new();
+    for pool in previous.map(|r| r.pools.as_slice()).unwrap_or_default() {
+        let plugin = Arc::clone(pool.balancer.load().plugin());
+        reusable.insert((plugin.name.clone(), plugin.sha256.clone()), plugin);
+    }
     let mut loaded: HashMap<&str, Option<Arc<LoadedPlugin>>> = HashMap::new();
     let mut errors = Vec::new();
     let mut pools = Vec::new();
@@ -38,10 +62,18 @@ pub fn build_runtime(config: &Config, engine: &PluginEngine) -> Result<Runtime, 
         let at = format!("{} (pool {:?})", pool.balancer_at, pool.name);
         // Each plugin is compiled once, and a failure reported once, at its first use.
         let plugin = loaded.entry(pool.balancer.as_str()).or_insert_with(|| {
-            registry
-                .load(&pool.balancer)
+            let (source, bytes) = registry
+                .read(&pool.balancer)
                 .map_err(|e| errors.push((at.clone(), e)))
-                .ok()
+                .ok()?;
+            let sha256 = crate::plugin::registry::sha256_hex(&bytes);
+            match reusable.get(&(pool.balancer.clone(), sha256)) {
+                Some(p) if p.source == source => Some(Arc::clone(p)),
+                _ => registry
+                    .load_bytes(&pool.balancer, source, &bytes)
+                    .map_err(|e| errors.push((at.clone(), e)))
+                    .ok(),
+            }
         });
         let Some(plugin) = plugin.clone() else {
             continue;
@@ -51,7 +83,15 @@ pub fn build_runtime(config: &Config, engine: &PluginEngine) -> Result<Runtime, 
             pool.balancer_config.clone(),
             config.plugins.limits.clone(),
         ) {
-            Ok(balancer) => pools.push(Arc::new(Pool::new(pool, balancer))),
+            Ok(balancer) => {
+                let new = Pool::new(pool, balancer);
+                if let Some(old) =
+                    previous.and_then(|r| r.pools.iter().find(|p| p.name == new.name))
+                {
+                    new.keep_draining_from(old);
+                }
+                pools.push(Arc::new(new));
+            }
             Err(e) => errors.push((at, e)),
         }
     }
@@ -68,11 +108,16 @@ pub fn build_runtime(config: &Config, engine: &PluginEngine) -> Result<Runtime, 
 /// Runs the proxy until it is told to stop. Never returns on success.
 pub fn run(config: Config) -> Result<(), StartError> {
     let engine = PluginEngine::new().map_err(|e| StartError::Engine(format!("{e:#}")))?;
-    let runtime = build_runtime(&config, &engine)?;
+    let runtime = build_runtime(&config, &engine, None)?;
     for pool in &runtime.pools {
-        tracing::info!(pool = %pool.name, balancer = %pool.balancer.plugin().name, source = %pool.balancer.plugin().source, backends = pool.backends.len(), "pool ready");
+        let balancer = pool.balancer.load();
+        let plugin = balancer.plugin();
+        tracing::info!(pool = %pool.name, balancer = %plugin.name, source = %plugin.source, backends = pool.backends.len(), "pool ready");
     }
     let runtime = Arc::new(ArcSwap::from_pointee(runtime));
+    let control = Arc::new(Control::new(config.clone(), engine, Arc::clone(&runtime)));
+    let _admin = crate::admin::start(control, &config.admin.socket)
+        .map_err(|e| StartError::Admin(e.to_string()))?;
 
     let conf = ServerConf {
         threads: config.proxy.threads,

@@ -8,6 +8,7 @@ use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use switchyard::demo_backend::{self, BackendControl};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -72,16 +73,16 @@ pub fn free_port() -> u16 {
 
 /// A running `switchyard run` process; killed when dropped.
 pub struct Proxy {
-    child: Child,
+    child: Option<Child>,
     pub addr: SocketAddr,
     pub dir: tempfile::TempDir,
     log: PathBuf,
 }
 
 impl Proxy {
-    /// Writes `body` (everything but `[proxy]`) to a config file in a fresh directory
-    /// with a `plugins/` directory holding `plugins` (name, path of a .wasm), then starts
-    /// the proxy and waits until it accepts connections.
+    /// Writes a config file (a fixed header, then `body`) in a fresh directory with a
+    /// `plugins/` directory holding `plugins` (name, path of a .wasm), then starts the
+    /// proxy and waits until it accepts connections and admin commands.
     pub fn start(body: &str, plugins: &[(&str, PathBuf)]) -> Proxy {
         let dir = tempfile::tempdir().unwrap();
         let plugin_dir = dir.path().join("plugins");
@@ -89,42 +90,72 @@ impl Proxy {
         for (name, path) in plugins {
             std::fs::copy(path, plugin_dir.join(format!("{name}.wasm"))).unwrap();
         }
-        let port = free_port();
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let config = format!(
-            "[proxy]\nlisten = [\"{addr}\"]\nthreads = 2\n\n[plugins]\ndir = \"plugins\"\n\n{body}"
-        );
-        let config_path = dir.path().join("switchyard.toml");
-        std::fs::write(&config_path, config).unwrap();
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let log = dir.path().join("switchyard.log");
-        let child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
-            .args(["run", "--config"])
-            .arg(&config_path)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
         let mut proxy = Proxy {
-            child,
+            child: None,
             addr,
             dir,
             log,
         };
-        proxy.wait_ready();
+        proxy.write_config(body);
+        proxy.spawn();
         proxy
+    }
+
+    /// Rewrites the configuration file: the fixed header (listener, plugins directory,
+    /// compiled-plugin cache and admin socket in this proxy's directory), then `body`.
+    pub fn write_config(&self, body: &str) {
+        let config = format!(
+            "[proxy]\nlisten = [\"{}\"]\nthreads = 2\n\n[plugins]\ndir = \"plugins\"\ncache_dir = \"cache\"\n\n[admin]\nsocket = \"admin.sock\"\n\n{body}",
+            self.addr
+        );
+        std::fs::write(self.config_path(), config).unwrap();
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("switchyard.toml")
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.dir.path().join("admin.sock")
+    }
+
+    /// The plugins directory of this proxy.
+    pub fn plugin_dir(&self) -> PathBuf {
+        self.dir.path().join("plugins")
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+            .args(["run", "--config"])
+            .arg(self.config_path())
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        self.wait_ready();
     }
 
     fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(60);
         while Instant::now() < deadline {
-            if let Ok(Some(status)) = self.child.try_wait() {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
                 panic!(
                     "switchyard exited with {status} before listening:\n{}",
                     self.log()
                 );
             }
-            if std::net::TcpStream::connect(self.addr).is_ok() {
+            if std::net::TcpStream::connect(self.addr).is_ok()
+                && std::os::unix::net::UnixStream::connect(self.socket()).is_ok()
+            {
                 return;
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -136,6 +167,21 @@ impl Proxy {
         );
     }
 
+    /// Kills the proxy (as a crash would: the socket file stays) and starts it again
+    /// with the same directory and configuration; the log starts afresh.
+    pub fn restart(&mut self) {
+        self.stop();
+        std::fs::write(&self.log, "").unwrap();
+        self.spawn();
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
     /// Everything the proxy logged so far.
     pub fn log(&self) -> String {
         let mut text = String::new();
@@ -145,17 +191,34 @@ impl Proxy {
         text
     }
 
-    /// The plugins directory of this proxy.
-    pub fn plugin_dir(&self) -> PathBuf {
-        self.dir.path().join("plugins")
+    /// Runs `switchyard ctl --socket <this proxy's socket> ARGS…`: (exit code, stdout, stderr).
+    pub fn ctl(&self, args: &[&str]) -> (i32, String, String) {
+        let out = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+            .arg("ctl")
+            .arg("--socket")
+            .arg(self.socket())
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     }
 }
 
 impl Drop for Proxy {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.stop();
     }
+}
+
+/// Copies `from` over `to` atomically (write beside, then rename), as a deploy would.
+pub fn replace_file(from: &Path, to: &Path) {
+    let tmp = to.with_extension("tmp");
+    std::fs::copy(from, &tmp).unwrap();
+    std::fs::rename(&tmp, to).unwrap();
 }
 
 /// A parsed HTTP response.
@@ -244,7 +307,15 @@ impl LoadResult {
 
 /// `total` requests from `concurrency` clients, each sending one after another.
 pub async fn load(addr: SocketAddr, path: &str, concurrency: usize, total: usize) -> LoadResult {
-    drive(addr, path, concurrency, Some(total / concurrency), None).await
+    drive(
+        addr,
+        path,
+        concurrency,
+        Some(total / concurrency),
+        None,
+        None,
+    )
+    .await
 }
 
 /// Requests from `concurrency` clients for `duration` (bounded in count too).
@@ -260,8 +331,31 @@ pub async fn load_for(
         concurrency,
         Some(100_000),
         Some(Instant::now() + duration),
+        None,
     )
     .await
+}
+
+/// Requests from `concurrency` clients until `stop` is set (bounded: 5 minutes at most).
+pub fn load_until(
+    addr: SocketAddr,
+    path: &str,
+    concurrency: usize,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<LoadResult> {
+    let path = path.to_owned();
+    let until = Instant::now() + Duration::from_secs(300);
+    tokio::spawn(async move {
+        drive(
+            addr,
+            &path,
+            concurrency,
+            Some(1_000_000),
+            Some(until),
+            Some(stop),
+        )
+        .await
+    })
 }
 
 async fn drive(
@@ -270,14 +364,17 @@ async fn drive(
     concurrency: usize,
     per_client: Option<usize>,
     until: Option<Instant>,
+    stop: Option<Arc<AtomicBool>>,
 ) -> LoadResult {
     let tasks: Vec<_> = (0..concurrency)
         .map(|_| {
             let path = path.to_owned();
+            let stop = stop.clone();
             tokio::spawn(async move {
                 let mut part = LoadResult::default();
                 while per_client.is_none_or(|n| part.total < n)
                     && until.is_none_or(|t| Instant::now() < t)
+                    && !stop.as_ref().is_some_and(|s| s.load(Ordering::Relaxed))
                 {
                     part.total += 1;
                     match request(addr, &path, "localhost", &[]).await {

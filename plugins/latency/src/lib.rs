@@ -24,13 +24,15 @@
 //! with no sample yet, default `"10ms"`), `failure_penalty` (default `"1s"`).
 
 use std::time::{Duration, Instant};
-use switchyard_plugin_sdk::{Backends, Balancer, Config, Request, Rng};
+use switchyard_plugin_sdk::{Backend, Backends, Balancer, Config, Request, Rng};
 
 /// One backend's estimate.
 #[derive(Clone, Copy, Debug)]
 struct Estimate {
     rtt_us: f64,
     updated: Instant,
+    /// False until this balancer has seen a response from the backend.
+    sampled: bool,
 }
 
 /// Tunables from `balancer_config`.
@@ -83,6 +85,7 @@ impl PeakEwma {
         let fresh = Estimate {
             rtt_us: self.settings.default_rtt.as_micros() as f64,
             updated: now,
+            sampled: false,
         };
         self.estimates.resize(len, fresh);
     }
@@ -105,11 +108,18 @@ impl PeakEwma {
             e.rtt_us * w + rtt_us * (1.0 - w)
         };
         e.updated = now;
+        e.sampled = true;
     }
 
-    /// Cost of sending one more request to backend `i`.
-    fn cost(&self, i: usize, in_flight: u32, now: Instant) -> f64 {
-        self.estimate_at(i, now) * (f64::from(in_flight) + 1.0)
+    /// Cost of sending one more request to backend `b`. Before its own first sample
+    /// (a new backend, or a freshly loaded plugin) the host's measurement stands in,
+    /// so a hot reload does not forget which backends are slow.
+    fn cost(&self, b: &Backend, now: Instant) -> f64 {
+        let estimate = match self.estimates[b.index] {
+            Estimate { sampled: false, .. } if b.latency_us > 0 => f64::from(b.latency_us),
+            _ => self.estimate_at(b.index, now),
+        };
+        estimate * (f64::from(b.in_flight) + 1.0)
     }
 
     /// One pick at `now`; `None` when no backend is healthy.
@@ -122,10 +132,7 @@ impl PeakEwma {
         };
         let a = backends.get(self.healthy[x])?;
         let b = backends.get(self.healthy[y])?;
-        let (cost_a, cost_b) = (
-            self.cost(a.index, a.in_flight, now),
-            self.cost(b.index, b.in_flight, now),
-        );
+        let (cost_a, cost_b) = (self.cost(&a, now), self.cost(&b, now));
         Some(if cost_b < cost_a { b.index } else { a.index })
     }
 }
@@ -209,6 +216,16 @@ mod tests {
         busy[1].healthy = false;
         let raw = table(&busy);
         assert_eq!(p.pick(&Backends::new(&raw), now), Some(2));
+    }
+
+    #[test]
+    fn a_fresh_balancer_trusts_the_host_measurement() {
+        let mut p = balancer();
+        let mut seen: Vec<Backend> = (0..2).map(Backend::idle).collect();
+        seen[0].latency_us = 80_000;
+        seen[1].latency_us = 5_000;
+        let raw = table(&seen);
+        assert_eq!(p.pick(&Backends::new(&raw), Instant::now()), Some(1));
     }
 
     #[test]

@@ -3,6 +3,9 @@
 //! A name resolves to `<plugins dir>/<name>.wasm` when that file exists, otherwise to
 //! the bundled plugin of that name: a file replaces a bundled plugin.
 
+use sha2::{Digest, Sha256};
+use std::borrow::Cow;
+use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -37,8 +40,12 @@ pub struct LoadedPlugin {
     pub name: String,
     /// Where it came from.
     pub source: PluginSource,
-    /// When it was compiled.
+    /// When it was loaded.
     pub loaded_at: SystemTime,
+    /// SHA-256 of the component's bytes, in hex.
+    pub sha256: String,
+    /// Whether the compiled code came from the on-disk cache.
+    pub cache: CacheOutcome,
     pub(crate) engine: PluginEngine,
     pub(crate) pre: BalancerPre<PluginState>,
 }
@@ -52,11 +59,34 @@ impl std::fmt::Debug for LoadedPlugin {
     }
 }
 
+/// What the compiled-code cache did for one load.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CacheOutcome {
+    /// Compiled code was read from the cache: nothing was compiled.
+    Hit,
+    /// Compiled now, and stored for next time.
+    Miss,
+    /// No cache directory is configured.
+    Off,
+}
+
+impl CacheOutcome {
+    /// `hit`, `miss` or `off`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CacheOutcome::Hit => "hit",
+            CacheOutcome::Miss => "miss",
+            CacheOutcome::Off => "off",
+        }
+    }
+}
+
 /// Compiles and links plugins against the sandbox's imports.
 pub struct PluginRegistry {
     engine: PluginEngine,
     linker: Linker<PluginState>,
     dir: Option<PathBuf>,
+    cache_dir: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for PluginRegistry {
@@ -68,8 +98,13 @@ impl std::fmt::Debug for PluginRegistry {
 }
 
 impl PluginRegistry {
-    /// A registry reading plugin files from `dir`, if any.
-    pub fn new(engine: PluginEngine, dir: Option<PathBuf>) -> wasmtime::Result<Self> {
+    /// A registry reading plugin files from `dir`, if any, keeping compiled code in
+    /// `cache_dir`, if any.
+    pub fn new(
+        engine: PluginEngine,
+        dir: Option<PathBuf>,
+        cache_dir: Option<PathBuf>,
+    ) -> wasmtime::Result<Self> {
         let mut linker = Linker::new(engine.engine());
         sandbox::add_wasi(&mut linker)?;
         super::host_bindings::Balancer::add_to_linker::<
@@ -80,6 +115,7 @@ impl PluginRegistry {
             engine,
             linker,
             dir,
+            cache_dir,
         })
     }
 
@@ -91,16 +127,22 @@ impl PluginRegistry {
     /// Loads the plugin called `name`: the file in the plugins directory if present,
     /// else the bundled one.
     pub fn load(&self, name: &str) -> Result<Arc<LoadedPlugin>, PluginError> {
+        let (source, bytes) = self.read(name)?;
+        self.load_bytes(name, source, &bytes)
+    }
+
+    /// The current code of plugin `name` and where it comes from, without compiling.
+    pub fn read(&self, name: &str) -> Result<(PluginSource, Cow<'static, [u8]>), PluginError> {
         if let Some(path) = self.file_for(name).filter(|p| p.is_file()) {
             let bytes = std::fs::read(&path).map_err(|source| PluginError::Read {
                 name: name.to_owned(),
                 path: path.clone(),
                 source,
             })?;
-            return self.load_bytes(name, PluginSource::File(path), &bytes);
+            return Ok((PluginSource::File(path), Cow::Owned(bytes)));
         }
         match bundled::find(name) {
-            Some(bytes) => self.load_bytes(name, PluginSource::Bundled, bytes),
+            Some(bytes) => Ok((PluginSource::Bundled, Cow::Borrowed(bytes))),
             None => Err(PluginError::NotFound {
                 name: name.to_owned(),
                 looked: match self.file_for(name) {
@@ -111,7 +153,7 @@ impl PluginRegistry {
         }
     }
 
-    /// Compiles and links `bytes` as plugin `name`.
+    /// Compiles (or reads from the cache) and links `bytes` as plugin `name`.
     pub fn load_bytes(
         &self,
         name: &str,
@@ -119,12 +161,14 @@ impl PluginRegistry {
         bytes: &[u8],
     ) -> Result<Arc<LoadedPlugin>, PluginError> {
         let source_desc = source.to_string();
-        let component =
-            Component::new(self.engine.engine(), bytes).map_err(|e| PluginError::Compile {
-                name: name.to_owned(),
-                source_desc: source_desc.clone(),
-                reason: first_lines(&e),
-            })?;
+        let sha256 = sha256_hex(bytes);
+        let (component, cache) =
+            self.compile(bytes, &sha256)
+                .map_err(|e| PluginError::Compile {
+                    name: name.to_owned(),
+                    source_desc: source_desc.clone(),
+                    reason: first_lines(&e),
+                })?;
         let link_error = |e: wasmtime::Error| PluginError::Link {
             name: name.to_owned(),
             source_desc: source_desc.clone(),
@@ -135,15 +179,76 @@ impl PluginRegistry {
             .instantiate_pre(&component)
             .map_err(link_error)?;
         let pre = BalancerPre::new(instance_pre).map_err(link_error)?;
-        tracing::info!(plugin = name, source = %source, "plugin loaded");
+        tracing::info!(plugin = name, source = %source, sha256 = &sha256[..16], cache = cache.as_str(), "plugin loaded");
         Ok(Arc::new(LoadedPlugin {
             name: name.to_owned(),
             source,
             loaded_at: SystemTime::now(),
+            sha256,
+            cache,
             engine: self.engine.clone(),
             pre,
         }))
     }
+
+    /// Compiled code for `bytes`: from the cache when this engine compiled it before.
+    fn compile(&self, bytes: &[u8], sha256: &str) -> wasmtime::Result<(Component, CacheOutcome)> {
+        let engine = self.engine.engine();
+        let Some(dir) = &self.cache_dir else {
+            return Ok((Component::new(engine, bytes)?, CacheOutcome::Off));
+        };
+        // Compiled code is only valid for the same wasmtime build and settings.
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        engine.precompile_compatibility_hash().hash(&mut hasher);
+        env!("CARGO_PKG_VERSION").hash(&mut hasher);
+        let path = dir.join(format!("{sha256}-{:016x}.cwasm", hasher.finish()));
+        if path.is_file() {
+            match deserialize_cached(engine, &path) {
+                Ok(component) => return Ok((component, CacheOutcome::Hit)),
+                Err(e) => {
+                    tracing::warn!(file = %path.display(), error = %e, "unusable compiled-plugin cache entry; compiling again")
+                }
+            }
+        }
+        let component = Component::new(engine, bytes)?;
+        if let Err(e) = store_cached(dir, &path, &component) {
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot write the compiled-plugin cache");
+        }
+        Ok((component, CacheOutcome::Miss))
+    }
+}
+
+#[expect(
+    unsafe_code,
+    reason = "deserializing compiled code trusts the file; the cache directory is created 0700 and only this proxy writes it, keyed by the source's SHA-256 and the engine's compatibility hash"
+)]
+fn deserialize_cached(engine: &wasmtime::Engine, path: &Path) -> wasmtime::Result<Component> {
+    // SAFETY: see the reason above; wasmtime also checks the header and engine settings.
+    unsafe { Component::deserialize_file(engine, path) }
+}
+
+fn store_cached(dir: &Path, path: &Path, component: &Component) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    let code = component
+        .serialize()
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    // Write then rename, so a crash or a second proxy never leaves half a file.
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::write(&tmp, code)?;
+    std::fs::rename(&tmp, path)
+}
+
+/// SHA-256 of `bytes` in lower-case hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 fn first_lines(e: &wasmtime::Error) -> String {

@@ -1,0 +1,221 @@
+//! The admin socket: a Unix socket (mode 0600) speaking one JSON object per line each
+//! way, so operators can script it with `socat` as they do HAProxy's runtime API.
+//!
+//! ```text
+//! → {"cmd":"reload","plugin":"web-lb"}
+//! ← {"ok":true,"changed":[…],"unchanged":[],"rejected":[]}
+//! → {"cmd":"drain","pool":"web","addr":"127.0.0.1:3001"}
+//! ← {"ok":false,"error":"pool \"web\" has no backend …"}
+//! ```
+//!
+//! A line that is not JSON is read as words, `reload web-lb` or `drain web 127.0.0.1:3001`,
+//! the same words `switchyard ctl` takes. The socket runs on its own thread and runtime:
+//! a slow or silent client holds only its own connection, never the data path.
+
+use serde_json::{Value, json};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixStream;
+
+use crate::control::Control;
+
+/// Longest request line accepted.
+pub const MAX_LINE: usize = 64 * 1024;
+/// A connection idle this long is closed.
+const IDLE: Duration = Duration::from_secs(60);
+
+/// Why the admin socket could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    /// Another process answers on the socket.
+    #[error("admin socket {path}: another switchyard is answering there; stop it or set [admin] socket to another path", path = path.display())]
+    InUse {
+        /// The socket.
+        path: PathBuf,
+    },
+    /// Binding or securing the socket failed.
+    #[error("admin socket {path}: {source}", path = path.display())]
+    Io {
+        /// The socket.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// Keeps the socket served; removes the socket file when dropped.
+#[derive(Debug)]
+pub struct AdminHandle {
+    path: PathBuf,
+}
+
+impl Drop for AdminHandle {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Opens the socket at `path` and serves it on a thread of its own.
+pub fn start(control: Arc<Control>, path: &Path) -> Result<AdminHandle, AdminError> {
+    use std::os::unix::fs::PermissionsExt;
+    let io = |source| AdminError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    if path.exists() {
+        // A live socket belongs to a running proxy; a dead one is left over from a crash.
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(AdminError::InUse {
+                path: path.to_owned(),
+            });
+        }
+        std::fs::remove_file(path).map_err(io)?;
+    }
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(io)?;
+    }
+    let listener = std::os::unix::net::UnixListener::bind(path).map_err(io)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
+    listener.set_nonblocking(true).map_err(io)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(io)?;
+    std::thread::Builder::new()
+        .name("switchyard-admin".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                let listener = match tokio::net::UnixListener::from_std(listener) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        tracing::error!(error = %e, "admin socket cannot be served");
+                        return;
+                    }
+                };
+                loop {
+                    match listener.accept().await {
+                        Ok((stream, _)) => {
+                            tokio::spawn(serve(stream, Arc::clone(&control)));
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "admin socket accept failed");
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                    }
+                }
+            })
+        })
+        .map_err(io)?;
+    tracing::info!(socket = %path.display(), "admin socket ready");
+    Ok(AdminHandle {
+        path: path.to_owned(),
+    })
+}
+
+async fn serve(mut stream: UnixStream, control: Arc<Control>) {
+    let mut buf: Vec<u8> = Vec::new();
+    loop {
+        while let Some(end) = buf.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = buf.drain(..=end).collect();
+            let reply = answer(&line[..line.len() - 1], &control).await;
+            if stream.write_all(reply.as_bytes()).await.is_err() {
+                return;
+            }
+        }
+        if buf.len() > MAX_LINE {
+            let reply = error_line(&format!(
+                "request line longer than {MAX_LINE} bytes; connection closed"
+            ));
+            let _ = stream.write_all(reply.as_bytes()).await;
+            return;
+        }
+        let mut chunk = [0u8; 8192];
+        match tokio::time::timeout(IDLE, stream.read(&mut chunk)).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return,
+            Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+fn error_line(message: &str) -> String {
+    format!("{}\n", json!({ "ok": false, "error": message }))
+}
+
+async fn answer(line: &[u8], control: &Arc<Control>) -> String {
+    let text = String::from_utf8_lossy(line);
+    let text = text.trim();
+    if text.is_empty() {
+        return error_line(
+            "empty request; send a JSON object like {\"cmd\":\"status\"} or words like `status`",
+        );
+    }
+    let request = if text.starts_with('{') {
+        match serde_json::from_str::<Value>(text) {
+            Ok(v) => v,
+            Err(e) => return error_line(&format!("malformed JSON: {e}")),
+        }
+    } else {
+        match words_to_request(&text.split_whitespace().collect::<Vec<_>>()) {
+            Ok(v) => v,
+            Err(e) => return error_line(&e),
+        }
+    };
+    // Reloads compile plugins: keep that work off this runtime so other admin clients
+    // are still answered meanwhile.
+    let control = Arc::clone(control);
+    let outcome = tokio::task::spawn_blocking(move || control.dispatch(&request)).await;
+    let reply = match outcome {
+        Ok(Ok(Value::Object(mut map))) => {
+            map.insert("ok".into(), Value::Bool(true));
+            Value::Object(map)
+        }
+        Ok(Ok(other)) => json!({ "ok": true, "result": other }),
+        Ok(Err(message)) => json!({ "ok": false, "error": message }),
+        Err(e) => {
+            json!({ "ok": false, "error": format!("the command failed inside the proxy: {e}") })
+        }
+    };
+    format!("{reply}\n")
+}
+
+/// Turns `ctl` words into a protocol request: `reload lb` → `{"cmd":"reload","plugin":"lb"}`.
+pub fn words_to_request(words: &[&str]) -> Result<Value, String> {
+    let usage = "commands: status | plugins | backends [POOL] | reload [PLUGIN] | drain POOL ADDR | undrain POOL ADDR | weight POOL ADDR N | config reload";
+    let request = match words {
+        ["status"] => json!({ "cmd": "status" }),
+        ["plugins"] => json!({ "cmd": "plugins" }),
+        ["backends"] => json!({ "cmd": "backends" }),
+        ["backends", pool] => json!({ "cmd": "backends", "pool": pool }),
+        ["reload"] => json!({ "cmd": "reload" }),
+        ["reload", plugin] => json!({ "cmd": "reload", "plugin": plugin }),
+        ["drain", pool, addr] => json!({ "cmd": "drain", "pool": pool, "addr": addr }),
+        ["undrain", pool, addr] => json!({ "cmd": "undrain", "pool": pool, "addr": addr }),
+        ["weight", pool, addr, n] => {
+            json!({ "cmd": "weight", "pool": pool, "addr": addr, "weight": n })
+        }
+        ["config", "reload"] | ["config-reload"] => json!({ "cmd": "config-reload" }),
+        [] => return Err(format!("no command; {usage}")),
+        other => return Err(format!("unknown command `{}`; {usage}", other.join(" "))),
+    };
+    Ok(request)
+}
+
+/// Sends one request to the socket at `path` and returns the reply (blocking client
+/// for `switchyard ctl`).
+pub fn call(path: &Path, request: &Value) -> std::io::Result<Value> {
+    let mut stream = std::os::unix::net::UnixStream::connect(path)?;
+    // Reloads compile plugins, which can take seconds.
+    stream.set_read_timeout(Some(Duration::from_secs(120)))?;
+    stream.write_all(format!("{request}\n").as_bytes())?;
+    let mut line = String::new();
+    BufReader::new(stream).read_line(&mut line)?;
+    serde_json::from_str(&line).map_err(|e| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("bad reply {line:?}: {e}"),
+        )
+    })
+}

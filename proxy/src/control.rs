@@ -1,0 +1,374 @@
+//! Run-time operations behind the admin socket: inspect, reload plugins and
+//! configuration, drain and re-weight backends. Each returns JSON for the reply.
+//!
+//! Reloads build everything new off the request path — compile, link, `init`, a
+//! self-check `select` — and only then swap it in atomically. Requests in flight keep
+//! the balancer (and pool) they started with; the old ones are freed when the last
+//! such request ends.
+
+use arc_swap::ArcSwap;
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Instant, UNIX_EPOCH};
+
+use crate::config::{self, Config};
+use crate::plugin::registry::{FsCatalog, sha256_hex};
+use crate::plugin::request::placeholder_header;
+use crate::plugin::{FailureKind, PluginEngine, PoolBalancer};
+use crate::pool::{BACKEND_STRIDE, FLAG_HEALTHY};
+use crate::proxy::Runtime;
+use crate::server;
+
+/// A failed operation: the message goes to the operator as is.
+pub type OpResult = Result<Value, String>;
+
+/// Shared state of the running proxy that the admin socket acts on.
+pub struct Control {
+    runtime: Arc<ArcSwap<Runtime>>,
+    config: ArcSwap<Config>,
+    engine: PluginEngine,
+    started: Instant,
+    /// One reload at a time; the data path never takes this lock.
+    reload_lock: Mutex<()>,
+    reloads_ok: AtomicU64,
+    reloads_failed: AtomicU64,
+}
+
+impl std::fmt::Debug for Control {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Control").finish_non_exhaustive()
+    }
+}
+
+fn unix_seconds(t: std::time::SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+impl Control {
+    /// Control over `runtime`, which was built from `config`.
+    pub fn new(config: Config, engine: PluginEngine, runtime: Arc<ArcSwap<Runtime>>) -> Self {
+        Control {
+            runtime,
+            config: ArcSwap::from_pointee(config),
+            engine,
+            started: Instant::now(),
+            reload_lock: Mutex::new(()),
+            reloads_ok: AtomicU64::new(0),
+            reloads_failed: AtomicU64::new(0),
+        }
+    }
+
+    fn count(&self, ok: bool) {
+        let counter = if ok {
+            &self.reloads_ok
+        } else {
+            &self.reloads_failed
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Runs one request of the admin protocol.
+    pub fn dispatch(&self, request: &Value) -> OpResult {
+        let cmd = request
+            .get("cmd")
+            .and_then(Value::as_str)
+            .ok_or("missing \"cmd\"; try {\"cmd\":\"status\"}")?;
+        let arg = |key: &str| request.get(key).and_then(Value::as_str);
+        let need = |key: &str| arg(key).ok_or_else(|| format!("`{cmd}` needs \"{key}\""));
+        match cmd {
+            "status" => Ok(self.status()),
+            "plugins" => Ok(self.plugins()),
+            "backends" => self.backends(arg("pool")),
+            "reload" => Ok(self.reload_plugins(arg("plugin"))),
+            "drain" => self.set_draining(need("pool")?, need("addr")?, true),
+            "undrain" => self.set_draining(need("pool")?, need("addr")?, false),
+            "weight" => {
+                let weight = request
+                    .get("weight")
+                    .and_then(|w| {
+                        w.as_u64()
+                            .or_else(|| w.as_str().and_then(|s| s.parse().ok()))
+                    })
+                    .filter(|w| (1..=1_000_000).contains(w))
+                    .ok_or("`weight` needs \"weight\": a whole number from 1 to 1000000")?;
+                self.set_weight(need("pool")?, need("addr")?, weight as u32)
+            }
+            "config-reload" => self.reload_config(),
+            other => Err(format!(
+                "unknown command {other:?}; commands: status, plugins, backends [POOL], reload [PLUGIN], drain POOL ADDR, undrain POOL ADDR, weight POOL ADDR N, config-reload"
+            )),
+        }
+    }
+
+    fn status(&self) -> Value {
+        let config = self.config.load();
+        let runtime = self.runtime.load();
+        json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "uptime_seconds": self.started.elapsed().as_secs(),
+            "config": config.source.display().to_string(),
+            "listeners": config.proxy.listen.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+            "admin_socket": config.admin.socket.display().to_string(),
+            "plugins": self.plugins()["plugins"].clone(),
+            "pools": runtime.pools.iter().map(|p| json!({
+                "name": p.name,
+                "balancer": p.balancer.load().plugin().name,
+                "backends": p.backends.len(),
+            })).collect::<Vec<_>>(),
+            "reloads": { "ok": self.reloads_ok.load(Ordering::Relaxed), "failed": self.reloads_failed.load(Ordering::Relaxed) },
+        })
+    }
+
+    fn plugins(&self) -> Value {
+        let runtime = self.runtime.load();
+        let mut by_name: BTreeMap<String, Value> = BTreeMap::new();
+        for pool in &runtime.pools {
+            let balancer = pool.balancer.load();
+            let plugin = balancer.plugin();
+            let entry = by_name.entry(plugin.name.clone()).or_insert_with(|| {
+                json!({
+                    "name": plugin.name,
+                    "source": plugin.source.to_string(),
+                    "sha256": plugin.sha256,
+                    "loaded_at": unix_seconds(plugin.loaded_at),
+                    "cache": plugin.cache.as_str(),
+                    "pools": [],
+                    "calls": 0,
+                    "failures": FailureKind::ALL.iter().map(|k| (k.as_str().to_owned(), json!(0))).collect::<serde_json::Map<_, _>>(),
+                    "quarantined": false,
+                })
+            });
+            if let Some(pools) = entry["pools"].as_array_mut() {
+                pools.push(json!(pool.name));
+            }
+            entry["calls"] = json!(
+                entry["calls"].as_u64().unwrap_or(0) + balancer.stats.calls.load(Ordering::Relaxed)
+            );
+            for kind in FailureKind::ALL {
+                let sum = entry["failures"][kind.as_str()].as_u64().unwrap_or(0)
+                    + balancer.stats.failures(kind);
+                entry["failures"][kind.as_str()] = json!(sum);
+            }
+        }
+        json!({ "plugins": by_name.into_values().collect::<Vec<_>>() })
+    }
+
+    fn backends(&self, only: Option<&str>) -> OpResult {
+        let runtime = self.runtime.load();
+        if let Some(name) = only {
+            runtime
+                .pools
+                .iter()
+                .find(|p| p.name == name)
+                .ok_or_else(|| self.no_pool(&runtime, name))?;
+        }
+        let rows: Vec<Value> = runtime
+            .pools
+            .iter()
+            .filter(|p| only.is_none_or(|n| p.name == n))
+            .flat_map(|p| {
+                p.backends.iter().map(move |b| {
+                    json!({
+                        "pool": p.name,
+                        "addr": b.addr.to_string(),
+                        "weight": b.weight(),
+                        "state": if b.is_draining() { "draining" } else { "up" },
+                        "in_flight": b.in_flight(),
+                        "latency_us": b.latency_us(),
+                        "served": b.served(),
+                    })
+                })
+            })
+            .collect();
+        Ok(json!({ "backends": rows }))
+    }
+
+    fn no_pool(&self, runtime: &Runtime, name: &str) -> String {
+        let names: Vec<&str> = runtime.pools.iter().map(|p| p.name.as_str()).collect();
+        format!("no pool named {name:?}; pools: {}", names.join(", "))
+    }
+
+    fn with_backend(
+        &self,
+        pool: &str,
+        addr: &str,
+        f: impl FnOnce(&crate::pool::Backend),
+    ) -> OpResult {
+        let runtime = self.runtime.load();
+        let p = runtime
+            .pools
+            .iter()
+            .find(|p| p.name == pool)
+            .ok_or_else(|| self.no_pool(&runtime, pool))?;
+        let b = p.backend(addr).ok_or_else(|| {
+            let addrs: Vec<String> = p.backends.iter().map(|b| b.addr.to_string()).collect();
+            format!(
+                "pool {pool:?} has no backend {addr:?}; its backends: {}",
+                addrs.join(", ")
+            )
+        })?;
+        f(b);
+        Ok(
+            json!({ "pool": pool, "addr": addr, "weight": b.weight(), "state": if b.is_draining() { "draining" } else { "up" } }),
+        )
+    }
+
+    fn set_draining(&self, pool: &str, addr: &str, draining: bool) -> OpResult {
+        let reply = self.with_backend(pool, addr, |b| b.set_draining(draining))?;
+        tracing::info!(pool, addr, draining, "backend drain state changed");
+        Ok(reply)
+    }
+
+    fn set_weight(&self, pool: &str, addr: &str, weight: u32) -> OpResult {
+        let reply = self.with_backend(pool, addr, |b| b.set_weight(weight))?;
+        tracing::info!(pool, addr, weight, "backend weight changed");
+        Ok(reply)
+    }
+
+    /// Reloads plugin `only`, or every plugin a pool uses, from the plugins directory
+    /// (or the bundled copy). Unchanged code is left alone.
+    pub fn reload_plugins(&self, only: Option<&str>) -> Value {
+        let _one_at_a_time = self
+            .reload_lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let config = self.config.load();
+        let runtime = self.runtime.load();
+        let mut names: Vec<String> = runtime
+            .pools
+            .iter()
+            .map(|p| p.balancer.load().plugin().name.clone())
+            .collect();
+        names.sort();
+        names.dedup();
+        let (mut changed, mut unchanged, mut rejected) = (Vec::new(), Vec::new(), Vec::new());
+        if let Some(name) = only.filter(|n| !names.iter().any(|m| m == n)) {
+            rejected.push(json!({ "name": name, "reason": format!("no pool uses a plugin named {name:?}; plugins in use: {}", names.join(", ")) }));
+        }
+        let registry = match server::registry(&config, &self.engine) {
+            Ok(r) => r,
+            Err(e) => {
+                return json!({ "changed": [], "unchanged": [], "rejected": [{ "name": "*", "reason": e.to_string() }] });
+            }
+        };
+        for name in names
+            .iter()
+            .filter(|n| only.is_none_or(|o| o == n.as_str()))
+        {
+            let pools: Vec<_> = runtime
+                .pools
+                .iter()
+                .filter(|p| p.balancer.load().plugin().name == *name)
+                .collect();
+            let file = registry.file_for(name).map(|p| p.display().to_string());
+            let reject = |reason: String| json!({ "name": name, "file": file, "reason": reason });
+            let (source, bytes) = match registry.read(name) {
+                Ok(found) => found,
+                Err(e) => {
+                    rejected.push(reject(e.to_string()));
+                    continue;
+                }
+            };
+            let sha256 = sha256_hex(&bytes);
+            let current = pools
+                .iter()
+                .map(|p| Arc::clone(p.balancer.load().plugin()))
+                .next();
+            if current
+                .as_ref()
+                .is_some_and(|c| c.sha256 == sha256 && c.source == source)
+            {
+                unchanged.push(json!(name));
+                continue;
+            }
+            let plugin = match registry.load_bytes(name, source, &bytes) {
+                Ok(p) => p,
+                Err(e) => {
+                    rejected.push(reject(e.to_string()));
+                    continue;
+                }
+            };
+            // Every pool's new instance must init and answer before any is swapped.
+            let mut fresh = Vec::new();
+            for pool in &pools {
+                let Some(pool_config) = config.pools.iter().find(|c| c.name == pool.name) else {
+                    continue;
+                };
+                let outcome = PoolBalancer::new(
+                    Arc::clone(&plugin),
+                    pool_config.balancer_config.clone(),
+                    config.plugins.limits.clone(),
+                )
+                .map_err(|e| e.to_string())
+                .and_then(|b| self_check(&b, pool.backends.len()).map(|()| b));
+                match outcome {
+                    Ok(b) => fresh.push((Arc::clone(pool), b)),
+                    Err(reason) => {
+                        fresh.clear();
+                        rejected.push(reject(format!("pool {:?}: {reason}", pool.name)));
+                        break;
+                    }
+                }
+            }
+            if fresh.is_empty() {
+                continue;
+            }
+            for (pool, balancer) in fresh {
+                pool.balancer.store(Arc::new(balancer));
+            }
+            tracing::info!(plugin = %name, sha256 = &sha256[..16], pools = pools.len(), "plugin reloaded");
+            changed.push(json!({ "name": name, "sha256": sha256, "pools": pools.iter().map(|p| p.name.clone()).collect::<Vec<_>>() }));
+        }
+        for r in &rejected {
+            tracing::warn!(plugin = %r["name"], reason = %r["reason"], "plugin reload rejected; the previous version stays");
+        }
+        self.count(rejected.is_empty());
+        json!({ "changed": changed, "unchanged": unchanged, "rejected": rejected })
+    }
+
+    /// Re-reads the configuration file and swaps in its pools and routes. An invalid
+    /// file is rejected whole; the running configuration stays.
+    pub fn reload_config(&self) -> OpResult {
+        let _one_at_a_time = self
+            .reload_lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let old = self.config.load_full();
+        let result = (|| {
+            let new = config::load(&old.source, &FsCatalog).map_err(|e| e.to_string())?;
+            if new.proxy.listen != old.proxy.listen || new.proxy.threads != old.proxy.threads {
+                return Err("proxy.listen and proxy.threads cannot change while running; restart the proxy to change them".to_owned());
+            }
+            let runtime = server::build_runtime(&new, &self.engine, Some(&self.runtime.load()))
+                .map_err(|e| e.to_string())?;
+            let summary = json!({ "pools": runtime.pools.len(), "routes": new.routes.len() });
+            self.runtime.store(Arc::new(runtime));
+            self.config.store(Arc::new(new));
+            Ok(summary)
+        })();
+        match &result {
+            Ok(_) => tracing::info!(file = %old.source.display(), "configuration reloaded"),
+            Err(e) => {
+                tracing::warn!(file = %old.source.display(), error = %e, "configuration reload rejected; the running configuration stays")
+            }
+        }
+        self.count(result.is_ok());
+        result
+    }
+}
+
+/// One `select` on a fresh instance over `backends` healthy, idle backends: the plugin
+/// must answer without failing before it serves traffic.
+fn self_check(balancer: &PoolBalancer, backends: usize) -> Result<(), String> {
+    let mut table = Vec::with_capacity(backends * BACKEND_STRIDE);
+    for _ in 0..backends {
+        table.extend_from_slice(&[1, FLAG_HEALTHY, 0, 0, 0]);
+    }
+    let mut header = placeholder_header();
+    balancer
+        .select(&mut header, None, &table)
+        .map(|_| ())
+        .map_err(|e| format!("self-check `select` failed: {e}"))
+}

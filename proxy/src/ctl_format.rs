@@ -1,0 +1,171 @@
+//! Human-readable rendering of admin replies for `switchyard ctl` (`--json` prints them
+//! raw).
+
+use serde_json::Value;
+use std::fmt::Write;
+
+fn s(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        other => other.to_string(),
+    }
+}
+
+fn short(sha: &Value) -> String {
+    s(sha).chars().take(12).collect()
+}
+
+/// Renders `reply` to `request` as text lines.
+pub fn human(request: &Value, reply: &Value) -> String {
+    let mut out = String::new();
+    if reply["ok"].as_bool() != Some(true) {
+        let _ = writeln!(out, "error: {}", s(&reply["error"]));
+        return out;
+    }
+    match request["cmd"].as_str().unwrap_or("") {
+        "status" => {
+            let _ = writeln!(
+                out,
+                "switchyard {}, up {} s",
+                s(&reply["version"]),
+                s(&reply["uptime_seconds"])
+            );
+            let _ = writeln!(out, "config:    {}", s(&reply["config"]));
+            let listeners: Vec<String> = reply["listeners"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(s)
+                .collect();
+            let _ = writeln!(out, "listening: {}", listeners.join(", "));
+            let _ = writeln!(
+                out,
+                "reloads:   {} ok, {} failed",
+                s(&reply["reloads"]["ok"]),
+                s(&reply["reloads"]["failed"])
+            );
+            let _ = writeln!(out, "plugins:");
+            for p in reply["plugins"].as_array().into_iter().flatten() {
+                let _ = writeln!(
+                    out,
+                    "  {:<16} sha256 {}  {}  loaded {}",
+                    s(&p["name"]),
+                    short(&p["sha256"]),
+                    s(&p["source"]),
+                    s(&p["loaded_at"])
+                );
+            }
+            let _ = writeln!(out, "pools:");
+            for p in reply["pools"].as_array().into_iter().flatten() {
+                let _ = writeln!(
+                    out,
+                    "  {:<16} balancer {:<16} {} backend(s)",
+                    s(&p["name"]),
+                    s(&p["balancer"]),
+                    s(&p["backends"])
+                );
+            }
+        }
+        "plugins" => {
+            let _ = writeln!(
+                out,
+                "{:<16} {:<12} {:<8} {:>10} {:>9}  {:<11} POOLS  SOURCE",
+                "NAME", "SHA256", "CACHE", "CALLS", "FAILURES", "QUARANTINED"
+            );
+            for p in reply["plugins"].as_array().into_iter().flatten() {
+                let failures: u64 = p["failures"]
+                    .as_object()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|(_, n)| n.as_u64())
+                    .sum();
+                let pools: Vec<String> =
+                    p["pools"].as_array().into_iter().flatten().map(s).collect();
+                let _ = writeln!(
+                    out,
+                    "{:<16} {:<12} {:<8} {:>10} {:>9}  {:<11} {}  {}",
+                    s(&p["name"]),
+                    short(&p["sha256"]),
+                    s(&p["cache"]),
+                    s(&p["calls"]),
+                    failures,
+                    if p["quarantined"].as_bool() == Some(true) {
+                        "yes"
+                    } else {
+                        "no"
+                    },
+                    pools.join(","),
+                    s(&p["source"])
+                );
+            }
+        }
+        "backends" => {
+            let _ = writeln!(
+                out,
+                "{:<12} {:<22} {:>6} {:<9} {:>9} {:>11} {:>9}",
+                "POOL", "ADDRESS", "WEIGHT", "STATE", "IN-FLIGHT", "LATENCY-µs", "SERVED"
+            );
+            for b in reply["backends"].as_array().into_iter().flatten() {
+                let _ = writeln!(
+                    out,
+                    "{:<12} {:<22} {:>6} {:<9} {:>9} {:>11} {:>9}",
+                    s(&b["pool"]),
+                    s(&b["addr"]),
+                    s(&b["weight"]),
+                    s(&b["state"]),
+                    s(&b["in_flight"]),
+                    s(&b["latency_us"]),
+                    s(&b["served"])
+                );
+            }
+        }
+        "reload" => {
+            for c in reply["changed"].as_array().into_iter().flatten() {
+                let pools: Vec<String> =
+                    c["pools"].as_array().into_iter().flatten().map(s).collect();
+                let _ = writeln!(
+                    out,
+                    "reloaded  {} (sha256 {}) for pools {}",
+                    s(&c["name"]),
+                    short(&c["sha256"]),
+                    pools.join(", ")
+                );
+            }
+            for u in reply["unchanged"].as_array().into_iter().flatten() {
+                let _ = writeln!(out, "unchanged {}", s(u));
+            }
+            for r in reply["rejected"].as_array().into_iter().flatten() {
+                let _ = writeln!(
+                    out,
+                    "rejected  {} ({}): {}",
+                    s(&r["name"]),
+                    s(&r["file"]),
+                    s(&r["reason"])
+                );
+            }
+        }
+        "drain" | "undrain" | "weight" => {
+            let _ = writeln!(
+                out,
+                "pool {} backend {}: {}, weight {}",
+                s(&reply["pool"]),
+                s(&reply["addr"]),
+                s(&reply["state"]),
+                s(&reply["weight"])
+            );
+        }
+        "config-reload" => {
+            let _ = writeln!(
+                out,
+                "configuration reloaded: {} pool(s), {} route(s)",
+                s(&reply["pools"]),
+                s(&reply["routes"])
+            );
+        }
+        _ => {
+            let _ = writeln!(out, "{reply}");
+        }
+    }
+    out
+}

@@ -1,0 +1,366 @@
+//! The admin socket and hot reload, against the real proxy under load.
+
+mod support;
+
+use serde_json::Value;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use support::*;
+
+fn json(proxy: &Proxy, args: &[&str]) -> Value {
+    let mut all = vec!["--json"];
+    all.extend_from_slice(args);
+    let (_, stdout, stderr) = proxy.ctl(&all);
+    serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout} {stderr}"))
+}
+
+fn plugin_sha(proxy: &Proxy, name: &str) -> String {
+    let reply = json(proxy, &["plugins"]);
+    let plugins = reply["plugins"].as_array().unwrap();
+    let p = plugins
+        .iter()
+        .find(|p| p["name"] == name)
+        .unwrap_or_else(|| panic!("{reply}"));
+    p["sha256"].as_str().unwrap().to_owned()
+}
+
+fn sha_of(path: &std::path::Path) -> String {
+    switchyard::plugin::registry::sha256_hex(&std::fs::read(path).unwrap())
+}
+
+/// Share of requests `slow` received while `window` passed.
+async fn window_share(all: &[TestBackend], slow: usize, window: Duration) -> f64 {
+    let before: Vec<u64> = all.iter().map(|b| b.control.received()).collect();
+    tokio::time::sleep(window).await;
+    let delta: Vec<u64> = all
+        .iter()
+        .zip(&before)
+        .map(|(b, s)| b.control.received() - s)
+        .collect();
+    delta[slow] as f64 / delta.iter().sum::<u64>().max(1) as f64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn twenty_hot_swaps_under_load_lose_no_request_and_switch_the_algorithm() {
+    let rr = wasm_dir().join("switchyard_plugin_round_robin.wasm");
+    let latency = wasm_dir().join("switchyard_plugin_latency.wasm");
+    let b = backends(&[0, 20]).await;
+    let proxy = Proxy::start(
+        &format!(
+            "[[pools]]\nname = \"web\"\nbalancer = \"lb\"\nbackends = {}\n",
+            backends_toml(&b, &[])
+        ),
+        &[("lb", rr.clone())],
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let traffic = load_until(proxy.addr, "/", 8, Arc::clone(&stop));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut shares = Vec::new();
+    for swap in 0..20 {
+        let (to, name) = if swap % 2 == 0 {
+            (&latency, "latency")
+        } else {
+            (&rr, "round-robin")
+        };
+        replace_file(to, &proxy.plugin_dir().join("lb.wasm"));
+        let (code, stdout, stderr) = proxy.ctl(&["reload", "lb"]);
+        assert_eq!(code, 0, "swap {swap}: {stdout}{stderr}");
+        assert!(stdout.contains("reloaded  lb"), "swap {swap}: {stdout}");
+        let share = window_share(&b, 1, Duration::from_millis(300)).await;
+        shares.push(format!("{name}: {:.0} %", 100.0 * share));
+        if name == "latency" {
+            assert!(
+                share < 0.2,
+                "swap {swap} to latency: the 20 ms backend still got {:.0} %",
+                100.0 * share
+            );
+        } else {
+            assert!(
+                share > 0.3,
+                "swap {swap} to round-robin: the 20 ms backend got only {:.0} %",
+                100.0 * share
+            );
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let result = traffic.await.unwrap();
+    println!(
+        "20 swaps, {} requests, share of the 20 ms backend after each: {}",
+        result.total,
+        shares.join(", ")
+    );
+    assert!(
+        result.failures.is_empty(),
+        "{} failed: {:?}",
+        result.failures.len(),
+        &result.failures[..result.failures.len().min(5)]
+    );
+    assert_eq!(plugin_sha(&proxy, "lb"), sha_of(&rr));
+    let status = json(&proxy, &["status"]);
+    assert_eq!(status["reloads"]["ok"], 20, "{status}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bad_reloads_are_rejected_by_file_and_reason_and_the_old_version_keeps_serving() {
+    let latency = wasm_dir().join("switchyard_plugin_latency.wasm");
+    let b = backends(&[0, 0]).await;
+    let proxy = Proxy::start(
+        &format!(
+            "[[pools]]\nname = \"web\"\nbalancer = \"lb\"\nbalancer_config = {{ decay = \"1s\" }}\nbackends = {}\n",
+            backends_toml(&b, &[])
+        ),
+        &[("lb", latency.clone())],
+    );
+    let file = proxy.plugin_dir().join("lb.wasm");
+    let stop = Arc::new(AtomicBool::new(false));
+    let traffic = load_until(proxy.addr, "/", 8, Arc::clone(&stop));
+
+    let corrupt = proxy.dir.path().join("corrupt.wasm");
+    std::fs::write(&corrupt, b"\0asm\x0d\0\x01\0 this is not a component").unwrap();
+    let cases = [
+        (corrupt, "is not a valid WebAssembly component"),
+        (
+            wasm_dir().join("wrong_world.wasm"),
+            "does not fit world `balancer`",
+        ),
+        // least-conn does not know the pool's `decay` key: its init returns an error.
+        (
+            wasm_dir().join("switchyard_plugin_least_conn.wasm"),
+            "rejected its configuration: unknown balancer_config key `decay`",
+        ),
+    ];
+    for (bad, reason) in &cases {
+        replace_file(bad, &file);
+        let (code, stdout, _) = proxy.ctl(&["reload", "lb"]);
+        println!("{stdout}");
+        assert_eq!(code, 1, "{stdout}");
+        assert!(
+            stdout.contains(&format!("rejected  lb ({})", file.display())),
+            "{stdout}"
+        );
+        assert!(stdout.contains(reason), "expected {reason:?} in {stdout}");
+        assert_eq!(
+            plugin_sha(&proxy, "lb"),
+            sha_of(&latency),
+            "the old version must stay"
+        );
+    }
+    stop.store(true, Ordering::Relaxed);
+    let result = traffic.await.unwrap();
+    assert!(result.failures.is_empty(), "{:?}", result.failures);
+    assert!(result.total > 0);
+    let status = json(&proxy, &["status"]);
+    assert_eq!(status["reloads"]["failed"], 3, "{status}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn drain_stops_new_requests_within_100_ms_and_lets_in_flight_ones_finish() {
+    let b = backends(&[0, 100]).await;
+    let proxy = Proxy::start(
+        &format!(
+            "[[pools]]\nname = \"web\"\nbalancer = \"round-robin\"\nbackends = {}\n",
+            backends_toml(&b, &[])
+        ),
+        &[],
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let traffic = load_until(proxy.addr, "/", 8, Arc::clone(&stop));
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let slow = b[1].addr.to_string();
+    let (code, stdout, stderr) = proxy.ctl(&["drain", "web", &slow]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(stdout.contains("draining"), "{stdout}");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let after_100ms = b[1].control.received();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(
+        b[1].control.received(),
+        after_100ms,
+        "a draining backend received new requests"
+    );
+    let backends = json(&proxy, &["backends", "web"]);
+    let row = backends["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["addr"] == slow.as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(row["state"], "draining");
+    assert_eq!(row["in_flight"], 0, "in-flight requests finished: {row}");
+
+    let (code, _, _) = proxy.ctl(&["undrain", "web", &slow]);
+    assert_eq!(code, 0);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        b[1].control.received() > after_100ms,
+        "undrain did not bring the backend back"
+    );
+    let (code, stdout, _) = proxy.ctl(&["weight", "web", &slow, "3"]);
+    assert_eq!(code, 0);
+    assert!(stdout.contains("weight 3"), "{stdout}");
+
+    stop.store(true, Ordering::Relaxed);
+    let result = traffic.await.unwrap();
+    assert!(result.failures.is_empty(), "{:?}", result.failures);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn config_reload_adds_a_backend_and_a_route_without_dropping_and_rejects_a_broken_file() {
+    let b = backends(&[0, 0, 0]).await;
+    let one = format!(
+        "[[pools]]\nname = \"web\"\nbalancer = \"round-robin\"\nbackends = [{{ addr = \"{}\" }}]\n",
+        b[0].addr
+    );
+    let proxy = Proxy::start(&one, &[]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let traffic = load_until(proxy.addr, "/", 8, Arc::clone(&stop));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(get(proxy.addr, "/new").await.backend(), "b0");
+
+    proxy.write_config(&format!(
+        "[[pools]]\nname = \"web\"\nbalancer = \"round-robin\"\nbackends = [{{ addr = \"{}\" }}, {{ addr = \"{}\" }}]\n\n\
+         [[pools]]\nname = \"new\"\nbalancer = \"least-conn\"\nbackends = [{{ addr = \"{}\" }}]\n\n\
+         [[routes]]\npool = \"web\"\n\n[[routes]]\npath_prefix = \"/new\"\npool = \"new\"\n",
+        b[0].addr, b[1].addr, b[2].addr
+    ));
+    let (code, stdout, stderr) = proxy.ctl(&["config", "reload"]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(stdout.contains("2 pool(s), 2 route(s)"), "{stdout}");
+    assert_eq!(get(proxy.addr, "/new").await.backend(), "b2");
+    let before = b[1].control.received();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        b[1].control.received() > before,
+        "the added backend gets no traffic"
+    );
+
+    std::fs::write(
+        proxy.config_path(),
+        "[proxy]\nlisten = [\"127.0.0.1:1\"]\n[[pools]]\nname = 3\n",
+    )
+    .unwrap();
+    let (code, stdout, stderr) = proxy.ctl(&["config", "reload"]);
+    assert_eq!(code, 1);
+    assert!(
+        stdout.contains(&format!("{}:4:8", proxy.config_path().display())),
+        "{stdout}{stderr}"
+    );
+    assert_eq!(
+        get(proxy.addr, "/new").await.backend(),
+        "b2",
+        "the running configuration must stay"
+    );
+
+    stop.store(true, Ordering::Relaxed);
+    let result = traffic.await.unwrap();
+    assert!(result.failures.is_empty(), "{:?}", result.failures);
+}
+
+fn send_line(stream: &mut UnixStream, line: &[u8]) -> Value {
+    stream.write_all(line).unwrap();
+    let mut reply = String::new();
+    BufReader::new(stream.try_clone().unwrap())
+        .read_line(&mut reply)
+        .unwrap();
+    serde_json::from_str(&reply).unwrap_or_else(|e| panic!("{e}: {reply:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_admin_socket_is_private_and_shrugs_off_bad_clients() {
+    use std::os::unix::fs::PermissionsExt;
+    let b = backends(&[0]).await;
+    let proxy = Proxy::start(
+        &format!(
+            "[[pools]]\nname = \"web\"\nbalancer = \"round-robin\"\nbackends = {}\n",
+            backends_toml(&b, &[])
+        ),
+        &[],
+    );
+    let mode = std::fs::metadata(proxy.socket())
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600, "socket mode {mode:o}");
+
+    // A client that connects and never writes.
+    let _silent = UnixStream::connect(proxy.socket()).unwrap();
+
+    let mut c = UnixStream::connect(proxy.socket()).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let reply = send_line(&mut c, b"{\"cmd\": \"status\"\n");
+    assert_eq!(reply["ok"], false);
+    assert!(
+        reply["error"].as_str().unwrap().contains("malformed JSON"),
+        "{reply}"
+    );
+    let reply = send_line(&mut c, b"{\"cmd\": \"launch\"}\n");
+    assert!(
+        reply["error"]
+            .as_str()
+            .unwrap()
+            .contains("unknown command \"launch\""),
+        "{reply}"
+    );
+    let reply = send_line(&mut c, b"backends web\n");
+    assert_eq!(reply["ok"], true, "{reply}");
+
+    let mut big = UnixStream::connect(proxy.socket()).unwrap();
+    big.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut line = vec![b'x'; 1 << 20];
+    line.push(b'\n');
+    // The proxy may close before taking the whole megabyte; the reply is what counts.
+    let _ = big.write_all(&line);
+    let mut reply = String::new();
+    let _ = BufReader::new(big).read_line(&mut reply);
+    assert!(reply.contains("longer than 65536 bytes"), "{reply:?}");
+
+    // Other clients and the traffic are unaffected.
+    let reply = send_line(&mut c, b"{\"cmd\":\"status\"}\n");
+    assert_eq!(reply["ok"], true, "{reply}");
+    let result = load(proxy.addr, "/", 4, 40).await;
+    assert!(result.failures.is_empty(), "{:?}", result.failures);
+
+    // A second proxy on the same socket is refused while the first is alive.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(["run", "--config"])
+        .arg(proxy.config_path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("another switchyard is answering there"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_restart_with_unchanged_plugins_compiles_nothing() {
+    let b = backends(&[0]).await;
+    let mut proxy = Proxy::start(
+        &format!(
+            "[[pools]]\nname = \"web\"\nbalancer = \"lb\"\nbackends = {}\n",
+            backends_toml(&b, &[])
+        ),
+        &[("lb", wasm_dir().join("switchyard_plugin_least_conn.wasm"))],
+    );
+    assert!(
+        proxy.log().contains("cache=\"miss\"") || proxy.log().contains("cache=miss"),
+        "{}",
+        proxy.log()
+    );
+    proxy.restart();
+    let log = proxy.log();
+    assert!(
+        log.contains("plugin=\"lb\"")
+            && (log.contains("cache=\"hit\"") || log.contains("cache=hit")),
+        "{log}"
+    );
+    assert!(
+        !log.contains("miss"),
+        "something was compiled again:\n{log}"
+    );
+    assert_eq!(json(&proxy, &["plugins"])["plugins"][0]["cache"], "hit");
+    assert_eq!(get(proxy.addr, "/").await.status, 200);
+}
