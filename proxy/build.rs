@@ -14,6 +14,8 @@ const PACKAGES: &[&str] = &[
     "switchyard-plugin-latency",
     "trap-always",
     "wrong-world",
+    "canary-router",
+    "access-filter",
 ];
 
 fn main() {

@@ -74,6 +74,21 @@ pub mod bindings {
     });
 }
 
+/// Generated bindings of world `router`; they share the `types` interface (and so the
+/// request type) with [`bindings`].
+#[doc(hidden)]
+#[allow(unsafe_code, missing_debug_implementations, clippy::all)]
+pub mod router_bindings {
+    wit_bindgen::generate!({
+        world: "router",
+        path: "../wit",
+        pub_export_macro: true,
+        export_macro_name: "__export_router_world",
+        default_bindings_module: "switchyard_plugin_sdk::router_bindings",
+        with: { "switchyard:plugin/types@0.1.0": crate::bindings::switchyard::plugin::types },
+    });
+}
+
 use bindings::switchyard::plugin::types::Request as RawRequest;
 
 /// The request being balanced. Each getter asks the host, so only what you read is copied.
@@ -127,6 +142,77 @@ pub trait Balancer: Sized + 'static {
     }
 }
 
+/// A response a router sends itself, without a backend.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Response {
+    /// HTTP status, 100–599.
+    pub status: u16,
+    /// Extra headers.
+    pub headers: Vec<(String, String)>,
+    /// A short body (the host cuts it at 64 KiB).
+    pub body: String,
+}
+
+impl Response {
+    /// A response with `status` and a plain-text `body`.
+    pub fn new(status: u16, body: impl Into<String>) -> Self {
+        Response {
+            status,
+            headers: Vec::new(),
+            body: body.into(),
+        }
+    }
+
+    /// Adds a header.
+    pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+}
+
+/// What a router decides for one request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// Serve from the pool of this name.
+    Pool(String),
+    /// Answer directly.
+    Respond(Response),
+    /// Go on with the static routes (or the route's own pool).
+    Continue,
+}
+
+/// A router: picks the pool for a request, or answers it itself (access control,
+/// redirects, canaries, rate limits).
+///
+/// ```
+/// use switchyard_plugin_sdk::{Config, Decision, Request, Response, Router};
+///
+/// /// Redirects plain `/old/…` paths to `/new/…`.
+/// struct Moved;
+///
+/// impl Router for Moved {
+///     fn init(_config: &Config) -> Result<Self, String> {
+///         Ok(Moved)
+///     }
+///     fn route(&mut self, request: &Request<'_>) -> Decision {
+///         match request.path().strip_prefix("/old/") {
+///             Some(rest) => Decision::Respond(Response::new(301, "moved\n").header("location", format!("/new/{rest}"))),
+///             None => Decision::Continue,
+///         }
+///     }
+/// }
+///
+/// switchyard_plugin_sdk::export_router!(Moved);
+/// # fn main() {}
+/// ```
+pub trait Router: Sized + 'static {
+    /// Builds the router from its `router_config`; an `Err` rejects it.
+    fn init(config: &Config) -> Result<Self, String>;
+
+    /// The decision for `request`.
+    fn route(&mut self, request: &Request<'_>) -> Decision;
+}
+
 /// Runtime glue behind [`export_balancer!`]; not for direct use.
 #[doc(hidden)]
 pub mod __private {
@@ -140,7 +226,7 @@ pub mod __private {
         static STATE: RefCell<Option<Box<dyn Any>>> = const { RefCell::new(None) };
     }
 
-    fn with_balancer<T: Balancer, R>(f: impl FnOnce(&mut T) -> R) -> Option<R> {
+    fn with_plugin<T: 'static, R>(f: impl FnOnce(&mut T) -> R) -> Option<R> {
         STATE.with(|cell| {
             let mut slot = cell.borrow_mut();
             slot.as_mut()?.downcast_mut::<T>().map(f)
@@ -161,13 +247,43 @@ pub mod __private {
         fn select(request: &RawRequest, backends: Vec<u32>) -> Option<u32> {
             let request = Request { raw: request };
             let backends = Backends::new(&backends);
-            with_balancer::<T, _>(|b| b.select(&request, &backends))
+            with_plugin::<T, _>(|b| b.select(&request, &backends))
                 .flatten()
                 .and_then(|index| u32::try_from(index).ok())
         }
 
         fn on_response(backend: u32, status: u16, latency_us: u64) {
-            with_balancer::<T, _>(|b| b.on_response(backend as usize, status, latency_us));
+            with_plugin::<T, _>(|b| b.on_response(backend as usize, status, latency_us));
+        }
+    }
+
+    /// Implements the generated router `Guest` trait for any [`Router`].
+    #[derive(Debug)]
+    pub struct RouterExport<T>(PhantomData<T>);
+
+    impl<T: super::Router> crate::router_bindings::Guest for RouterExport<T> {
+        fn init(config: Vec<(String, String)>) -> Result<(), String> {
+            let router = T::init(&Config::new(config))?;
+            STATE.with(|cell| *cell.borrow_mut() = Some(Box::new(router)));
+            Ok(())
+        }
+
+        fn route(
+            request: &RawRequest,
+        ) -> crate::router_bindings::switchyard::plugin::routing::Decision {
+            use crate::router_bindings::switchyard::plugin::routing::{
+                Decision as Raw, Response as RawResponse,
+            };
+            let request = Request { raw: request };
+            match with_plugin::<T, _>(|r| r.route(&request)) {
+                Some(super::Decision::Pool(name)) => Raw::Pool(name),
+                Some(super::Decision::Respond(r)) => Raw::Respond(RawResponse {
+                    status: r.status,
+                    headers: r.headers,
+                    body: r.body,
+                }),
+                Some(super::Decision::Continue) | None => Raw::Continue,
+            }
         }
     }
 }
@@ -187,6 +303,22 @@ macro_rules! export_balancer {
         #[cfg(target_arch = "wasm32")]
         $crate::bindings::__export_balancer_world!(
             __SwitchyardExport with_types_in $crate::bindings
+        );
+    };
+}
+
+/// Exports a [`Router`] implementation as the plugin's `router` world.
+///
+/// Invoke it once, at the crate root of a `cdylib` crate.
+#[macro_export]
+macro_rules! export_router {
+    ($router:ty) => {
+        #[doc(hidden)]
+        #[cfg(target_arch = "wasm32")]
+        type __SwitchyardRouterExport = $crate::__private::RouterExport<$router>;
+        #[cfg(target_arch = "wasm32")]
+        $crate::router_bindings::__export_router_world!(
+            __SwitchyardRouterExport with_types_in $crate::router_bindings
         );
     };
 }

@@ -8,7 +8,7 @@ use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use std::hint::black_box;
 use switchyard::config::PluginLimits;
 use switchyard::plugin::request::placeholder_header;
-use switchyard::plugin::{PluginEngine, PluginRegistry, PoolBalancer};
+use switchyard::plugin::{PluginEngine, PluginRegistry, PoolBalancer, WorldKind};
 use switchyard::pool::{BACKEND_STRIDE, FLAG_HEALTHY};
 
 fn table(backends: usize) -> Vec<u32> {
@@ -29,8 +29,12 @@ fn select(c: &mut Criterion) {
     };
     let mut group = c.benchmark_group("select");
     for plugin in ["round-robin", "least-conn", "latency"] {
-        let balancer =
-            PoolBalancer::new(registry.load(plugin).unwrap(), Vec::new(), limits.clone()).unwrap();
+        let balancer = PoolBalancer::new(
+            registry.load(plugin, WorldKind::Balancer).unwrap(),
+            Vec::new(),
+            limits.clone(),
+        )
+        .unwrap();
         for backends in [16usize, 4096] {
             let t = table(backends);
             let mut header = placeholder_header();

@@ -21,8 +21,10 @@ use toml::de::{DeTable, DeValue};
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Retries on another backend after a connection failure, unless a pool says otherwise.
 pub const DEFAULT_RETRIES: u32 = 1;
-/// Wall-clock budget of one `select`/`on-response` call before it is interrupted.
-pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_millis(1);
+/// Wall-clock budget of one `select`/`on-response` call before it is interrupted. A
+/// call takes about a microsecond; the budget is wall time, so it also covers the
+/// thread being preempted on a busy host, which 1 ms did not always.
+pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_millis(5);
 /// Wall-clock budget of a plugin's `init`.
 pub const DEFAULT_INIT_TIMEOUT: Duration = Duration::from_secs(1);
 /// Linear memory a plugin instance may grow to.
@@ -128,6 +130,19 @@ pub struct ProxySettings {
     pub listen: Vec<SocketAddr>,
     /// Worker threads.
     pub threads: usize,
+    /// Router plugin asked first about every request.
+    pub router: Option<RouterUse>,
+}
+
+/// A router plugin named by `[proxy]` or a route, with its `router_config`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RouterUse {
+    /// Plugin name (a `*.wasm` file in the plugins directory).
+    pub name: String,
+    /// `router_config`, as strings, for the plugin's `init`.
+    pub config: Vec<(String, String)>,
+    /// Where `router` is written, for plugin errors.
+    pub at: Location,
 }
 
 /// `[admin]`
@@ -226,8 +241,10 @@ pub struct RouteConfig {
     pub host: Option<HostPattern>,
     /// Path prefix to match; `/` matches every path.
     pub path_prefix: String,
-    /// Pool that serves matching requests.
+    /// Pool that serves matching requests (unless the route's router says otherwise).
     pub pool: String,
+    /// Router plugin asked about requests of this route.
+    pub router: Option<RouterUse>,
 }
 
 /// An exact host or a `*.suffix` wildcard, lower case.
@@ -266,7 +283,12 @@ struct RawConfig {
 struct RawProxy {
     listen: Option<Spanned<Vec<Spanned<String>>>>,
     threads: Option<Spanned<i64>>,
+    router: Option<Spanned<String>>,
+    router_config: Option<Spanned<PluginTable>>,
 }
+
+/// `balancer_config` / `router_config`: scalars by key.
+type PluginTable = BTreeMap<String, Spanned<toml::Value>>;
 
 #[derive(Deserialize)]
 struct RawAdmin {
@@ -291,7 +313,7 @@ struct RawLimits {
 struct RawPool {
     name: Spanned<String>,
     balancer: Spanned<String>,
-    balancer_config: Option<Spanned<BTreeMap<String, Spanned<toml::Value>>>>,
+    balancer_config: Option<Spanned<PluginTable>>,
     #[serde(default)]
     backends: Vec<Spanned<RawBackend>>,
     connect_timeout: Option<Spanned<String>>,
@@ -309,19 +331,21 @@ struct RawRoute {
     host: Option<Spanned<String>>,
     path_prefix: Option<Spanned<String>>,
     pool: Spanned<String>,
+    router: Option<Spanned<String>>,
+    router_config: Option<Spanned<PluginTable>>,
 }
 
 /// Keys allowed in each table, for the unknown-key hint.
 fn allowed_keys(parent: &str) -> &'static str {
     match parent {
         "" => "proxy, plugins, admin, pools, routes",
-        "proxy" => "listen, threads",
+        "proxy" => "listen, threads, router, router_config",
         "plugins" => "dir, cache_dir, limits",
         "admin" => "socket",
         "plugins.limits" => "call_timeout, init_timeout, memory",
         "pools" => "name, balancer, balancer_config, backends, connect_timeout, retries",
         "pools.backends" => "addr, weight",
-        "routes" => "host, path_prefix, pool",
+        "routes" => "host, path_prefix, pool, router, router_config",
         _ => "see the configuration reference in the README",
     }
 }
@@ -505,8 +529,8 @@ impl Validator<'_> {
     }
 
     fn validate(&mut self, raw: RawConfig, catalog: &dyn PluginCatalog) -> Config {
-        let proxy = self.proxy(raw.proxy);
         let plugins = self.plugins(raw.plugins);
+        let proxy = self.proxy(raw.proxy, &plugins, catalog);
         let base = self.file.parent().unwrap_or(Path::new("."));
         let admin = AdminSettings {
             socket: raw
@@ -544,7 +568,7 @@ impl Validator<'_> {
             .routes
             .iter()
             .enumerate()
-            .filter_map(|(i, r)| self.route(i, r, &names))
+            .filter_map(|(i, r)| self.route(i, r, &names, &plugins, catalog))
             .collect::<Vec<_>>();
         if routes.is_empty() && raw.routes.is_empty() && pools.len() > 1 {
             self.errors.push(ConfigError::Invalid {
@@ -563,10 +587,16 @@ impl Validator<'_> {
         }
     }
 
-    fn proxy(&mut self, raw: Option<Spanned<RawProxy>>) -> ProxySettings {
+    fn proxy(
+        &mut self,
+        raw: Option<Spanned<RawProxy>>,
+        plugins: &PluginSettings,
+        catalog: &dyn PluginCatalog,
+    ) -> ProxySettings {
         let mut settings = ProxySettings {
             listen: Vec::new(),
             threads: 1,
+            router: None,
         };
         let Some(raw) = raw else {
             self.errors.push(ConfigError::Invalid {
@@ -577,6 +607,13 @@ impl Validator<'_> {
             return settings;
         };
         let raw = raw.into_inner();
+        settings.router = self.router_use(
+            raw.router.as_ref(),
+            raw.router_config.as_ref(),
+            "proxy",
+            plugins,
+            catalog,
+        );
         match raw.listen {
             Some(list) if !list.get_ref().is_empty() => {
                 for (i, addr) in list.get_ref().iter().enumerate() {
@@ -689,26 +726,10 @@ impl Validator<'_> {
                 ),
             );
         }
-        let mut balancer_config = Vec::new();
-        if let Some(table) = &raw.balancer_config {
-            for (key, value) in table.get_ref() {
-                let text = match value.get_ref() {
-                    toml::Value::String(s) => s.clone(),
-                    toml::Value::Integer(n) => n.to_string(),
-                    toml::Value::Float(x) => x.to_string(),
-                    toml::Value::Boolean(b) => b.to_string(),
-                    _ => {
-                        self.invalid(
-                            value,
-                            format!("pools[{i}].balancer_config.{key}"),
-                            "must be a string, number or boolean",
-                        );
-                        continue;
-                    }
-                };
-                balancer_config.push((key.clone(), text));
-            }
-        }
+        let balancer_config = self.plugin_config(
+            raw.balancer_config.as_ref(),
+            &format!("pools[{i}].balancer_config"),
+        );
         let mut backends = Vec::new();
         for (j, b) in raw.backends.iter().enumerate() {
             let b = b.get_ref();
@@ -771,11 +792,83 @@ impl Validator<'_> {
         })
     }
 
+    /// A plugin's configuration table as the strings `init` receives.
+    fn plugin_config(
+        &mut self,
+        table: Option<&Spanned<PluginTable>>,
+        field: &str,
+    ) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for (key, value) in table.map(Spanned::get_ref).into_iter().flatten() {
+            let text = match value.get_ref() {
+                toml::Value::String(s) => s.clone(),
+                toml::Value::Integer(n) => n.to_string(),
+                toml::Value::Float(x) => x.to_string(),
+                toml::Value::Boolean(b) => b.to_string(),
+                _ => {
+                    self.invalid(
+                        value,
+                        format!("{field}.{key}"),
+                        "must be a string, number or boolean",
+                    );
+                    continue;
+                }
+            };
+            out.push((key.clone(), text));
+        }
+        out
+    }
+
+    /// A `router` key and its `router_config`, checking the plugin file exists.
+    fn router_use(
+        &mut self,
+        name: Option<&Spanned<String>>,
+        table: Option<&Spanned<PluginTable>>,
+        field: &str,
+        plugins: &PluginSettings,
+        catalog: &dyn PluginCatalog,
+    ) -> Option<RouterUse> {
+        let Some(name) = name else {
+            if let Some(t) = table {
+                self.invalid(
+                    t,
+                    format!("{field}.router_config"),
+                    "is given without a router; add router = \"NAME\" or remove it",
+                );
+            }
+            return None;
+        };
+        if !catalog.has_plugin(name.get_ref(), plugins.dir.as_deref()) {
+            let looked = plugins.dir.as_ref().map_or_else(
+                || "no plugins directory is configured; add [plugins] dir".to_owned(),
+                |d| {
+                    format!(
+                        "there is no file {}",
+                        d.join(format!("{}.wasm", name.get_ref())).display()
+                    )
+                },
+            );
+            self.invalid(
+                name,
+                format!("{field}.router"),
+                format!("no router plugin named {:?}: {looked}", name.get_ref()),
+            );
+        }
+        let config = self.plugin_config(table, &format!("{field}.router_config"));
+        Some(RouterUse {
+            name: name.get_ref().clone(),
+            config,
+            at: self.at(name.span()),
+        })
+    }
+
     fn route(
         &mut self,
         i: usize,
         raw: &Spanned<RawRoute>,
         pools: &HashSet<String>,
+        plugins: &PluginSettings,
+        catalog: &dyn PluginCatalog,
     ) -> Option<RouteConfig> {
         let raw = raw.get_ref();
         let pool = raw.pool.get_ref().clone();
@@ -830,10 +923,18 @@ impl Validator<'_> {
                 String::new()
             }
         };
+        let router = self.router_use(
+            raw.router.as_ref(),
+            raw.router_config.as_ref(),
+            &format!("routes[{i}]"),
+            plugins,
+            catalog,
+        );
         ok.then_some(RouteConfig {
             host,
             path_prefix,
             pool,
+            router,
         })
     }
 }

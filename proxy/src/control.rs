@@ -16,7 +16,7 @@ use std::time::{Instant, UNIX_EPOCH};
 use crate::config::{self, Config};
 use crate::plugin::registry::{FsCatalog, sha256_hex};
 use crate::plugin::request::placeholder_header;
-use crate::plugin::{FailureKind, PluginEngine, PoolBalancer};
+use crate::plugin::{FailureKind, LoadedPlugin, PluginEngine, PoolBalancer, RouterInstance};
 use crate::pool::{BACKEND_STRIDE, FLAG_HEALTHY};
 use crate::proxy::Runtime;
 use crate::server;
@@ -124,12 +124,24 @@ impl Control {
     fn plugins(&self) -> Value {
         let runtime = self.runtime.load();
         let mut by_name: BTreeMap<String, Value> = BTreeMap::new();
-        for pool in &runtime.pools {
-            let balancer = pool.balancer.load();
-            let plugin = balancer.plugin();
+        // (plugin, its counters, where it is used), for balancers and routers alike.
+        let balancers = runtime.pools.iter().map(|p| {
+            let b = p.balancer.load_full();
+            (Arc::clone(b.plugin()), b.stats.snapshot(), p.name.clone())
+        });
+        let routers = runtime.routers.iter().map(|r| {
+            let i = r.instance.load_full();
+            (
+                Arc::clone(i.plugin()),
+                i.stats.snapshot(),
+                format!("{} router", r.site),
+            )
+        });
+        for (plugin, (calls, failures), site) in balancers.chain(routers) {
             let entry = by_name.entry(plugin.name.clone()).or_insert_with(|| {
                 json!({
                     "name": plugin.name,
+                    "world": plugin.world().as_str(),
                     "source": plugin.source.to_string(),
                     "sha256": plugin.sha256,
                     "loaded_at": unix_seconds(plugin.loaded_at),
@@ -140,15 +152,12 @@ impl Control {
                     "quarantined": false,
                 })
             });
-            if let Some(pools) = entry["pools"].as_array_mut() {
-                pools.push(json!(pool.name));
+            if let Some(sites) = entry["pools"].as_array_mut() {
+                sites.push(json!(site));
             }
-            entry["calls"] = json!(
-                entry["calls"].as_u64().unwrap_or(0) + balancer.stats.calls.load(Ordering::Relaxed)
-            );
-            for kind in FailureKind::ALL {
-                let sum = entry["failures"][kind.as_str()].as_u64().unwrap_or(0)
-                    + balancer.stats.failures(kind);
+            entry["calls"] = json!(entry["calls"].as_u64().unwrap_or(0) + calls);
+            for (kind, n) in FailureKind::ALL.iter().zip(failures) {
+                let sum = entry["failures"][kind.as_str()].as_u64().unwrap_or(0) + n;
                 entry["failures"][kind.as_str()] = json!(sum);
             }
         }
@@ -236,16 +245,13 @@ impl Control {
             .unwrap_or_else(PoisonError::into_inner);
         let config = self.config.load();
         let runtime = self.runtime.load();
-        let mut names: Vec<String> = runtime
-            .pools
-            .iter()
-            .map(|p| p.balancer.load().plugin().name.clone())
-            .collect();
+        let uses = plugin_uses(&runtime);
+        let mut names: Vec<&str> = uses.iter().map(|u| u.plugin.name.as_str()).collect();
         names.sort();
         names.dedup();
         let (mut changed, mut unchanged, mut rejected) = (Vec::new(), Vec::new(), Vec::new());
-        if let Some(name) = only.filter(|n| !names.iter().any(|m| m == n)) {
-            rejected.push(json!({ "name": name, "reason": format!("no pool uses a plugin named {name:?}; plugins in use: {}", names.join(", ")) }));
+        if let Some(name) = only.filter(|n| !names.contains(n)) {
+            rejected.push(json!({ "name": name, "reason": format!("no pool or route uses a plugin named {name:?}; plugins in use: {}", names.join(", ")) }));
         }
         let registry = match server::registry(&config, &self.engine) {
             Ok(r) => r,
@@ -253,15 +259,12 @@ impl Control {
                 return json!({ "changed": [], "unchanged": [], "rejected": [{ "name": "*", "reason": e.to_string() }] });
             }
         };
-        for name in names
-            .iter()
-            .filter(|n| only.is_none_or(|o| o == n.as_str()))
-        {
-            let pools: Vec<_> = runtime
-                .pools
-                .iter()
-                .filter(|p| p.balancer.load().plugin().name == *name)
-                .collect();
+        for name in names.iter().filter(|n| only.is_none_or(|o| o == **n)) {
+            let users: Vec<&PluginUse<'_>> =
+                uses.iter().filter(|u| u.plugin.name == *name).collect();
+            let Some(current) = users.first().map(|u| Arc::clone(&u.plugin)) else {
+                continue;
+            };
             let file = registry.file_for(name).map(|p| p.display().to_string());
             let reject = |reason: String| json!({ "name": name, "file": file, "reason": reason });
             let (source, bytes) = match registry.read(name) {
@@ -272,54 +275,33 @@ impl Control {
                 }
             };
             let sha256 = sha256_hex(&bytes);
-            let current = pools
-                .iter()
-                .map(|p| Arc::clone(p.balancer.load().plugin()))
-                .next();
-            if current
-                .as_ref()
-                .is_some_and(|c| c.sha256 == sha256 && c.source == source)
-            {
+            if current.sha256 == sha256 && current.source == source {
                 unchanged.push(json!(name));
                 continue;
             }
-            let plugin = match registry.load_bytes(name, source, &bytes) {
+            let plugin = match registry.load_bytes(name, source, &bytes, current.world()) {
                 Ok(p) => p,
                 Err(e) => {
                     rejected.push(reject(e.to_string()));
                     continue;
                 }
             };
-            // Every pool's new instance must init and answer before any is swapped.
-            let mut fresh = Vec::new();
-            for pool in &pools {
-                let Some(pool_config) = config.pools.iter().find(|c| c.name == pool.name) else {
-                    continue;
-                };
-                let outcome = PoolBalancer::new(
-                    Arc::clone(&plugin),
-                    pool_config.balancer_config.clone(),
-                    config.plugins.limits.clone(),
-                )
-                .map_err(|e| e.to_string())
-                .and_then(|b| self_check(&b, pool.backends.len()).map(|()| b));
-                match outcome {
-                    Ok(b) => fresh.push((Arc::clone(pool), b)),
-                    Err(reason) => {
-                        fresh.clear();
-                        rejected.push(reject(format!("pool {:?}: {reason}", pool.name)));
-                        break;
-                    }
+            // Every user's new instance must init and answer before any is swapped.
+            let fresh: Result<Vec<Box<dyn FnOnce() + '_>>, String> = users
+                .iter()
+                .map(|u| {
+                    (u.prepare)(&plugin, &config).map_err(|reason| format!("{}: {reason}", u.site))
+                })
+                .collect();
+            match fresh {
+                Ok(swaps) => {
+                    swaps.into_iter().for_each(|swap| swap());
+                    let sites: Vec<String> = users.iter().map(|u| u.site.clone()).collect();
+                    tracing::info!(plugin = %name, sha256 = &sha256[..16], users = %sites.join(", "), "plugin reloaded");
+                    changed.push(json!({ "name": name, "sha256": sha256, "pools": sites }));
                 }
+                Err(reason) => rejected.push(reject(reason)),
             }
-            if fresh.is_empty() {
-                continue;
-            }
-            for (pool, balancer) in fresh {
-                pool.balancer.store(Arc::new(balancer));
-            }
-            tracing::info!(plugin = %name, sha256 = &sha256[..16], pools = pools.len(), "plugin reloaded");
-            changed.push(json!({ "name": name, "sha256": sha256, "pools": pools.iter().map(|p| p.name.clone()).collect::<Vec<_>>() }));
         }
         for r in &rejected {
             tracing::warn!(plugin = %r["name"], reason = %r["reason"], "plugin reload rejected; the previous version stays");
@@ -357,6 +339,65 @@ impl Control {
         self.count(result.is_ok());
         result
     }
+}
+
+/// Makes a user's new instance of a plugin and returns the swap that puts it in place.
+type Prepare<'a> =
+    Box<dyn Fn(&Arc<LoadedPlugin>, &Config) -> Result<Box<dyn FnOnce() + 'a>, String> + 'a>;
+
+/// One place a plugin is used: a pool's balancer or a router slot.
+struct PluginUse<'a> {
+    plugin: Arc<LoadedPlugin>,
+    /// `pool "web"`, `proxy router`, `routes[2] router`.
+    site: String,
+    prepare: Prepare<'a>,
+}
+
+fn plugin_uses(runtime: &Runtime) -> Vec<PluginUse<'_>> {
+    let mut uses = Vec::new();
+    for pool in &runtime.pools {
+        uses.push(PluginUse {
+            plugin: Arc::clone(pool.balancer.load().plugin()),
+            site: pool.name.clone(),
+            prepare: Box::new(move |plugin, config| {
+                let pool_config = config
+                    .pools
+                    .iter()
+                    .find(|c| c.name == pool.name)
+                    .ok_or("the pool is no longer configured")?;
+                let balancer = PoolBalancer::new(
+                    Arc::clone(plugin),
+                    pool_config.balancer_config.clone(),
+                    config.plugins.limits.clone(),
+                )
+                .map_err(|e| e.to_string())?;
+                self_check(&balancer, pool.backends.len())?;
+                let pool = Arc::clone(pool);
+                Ok(Box::new(move || pool.balancer.store(Arc::new(balancer)))
+                    as Box<dyn FnOnce() + '_>)
+            }),
+        });
+    }
+    for slot in &runtime.routers {
+        uses.push(PluginUse {
+            plugin: Arc::clone(slot.instance.load().plugin()),
+            site: format!("{} router", slot.site),
+            prepare: Box::new(move |plugin, config| {
+                let router = RouterInstance::new(
+                    Arc::clone(plugin),
+                    slot.config.clone(),
+                    config.plugins.limits.clone(),
+                )
+                .map_err(|e| e.to_string())?;
+                router
+                    .route(&mut placeholder_header(), None)
+                    .map_err(|e| format!("self-check `route` failed: {e}"))?;
+                Ok(Box::new(move || slot.instance.store(Arc::new(router)))
+                    as Box<dyn FnOnce() + '_>)
+            }),
+        });
+    }
+    uses
 }
 
 /// One `select` on a fresh instance over `backends` healthy, idle backends: the plugin

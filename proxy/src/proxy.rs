@@ -18,8 +18,8 @@ use pingora::{Error, ErrorType, Result};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::plugin::PoolBalancer;
 use crate::plugin::request::request_host;
+use crate::plugin::{PoolBalancer, RouteDecision, RouterInstance};
 use crate::pool::{Decision, Pool};
 use crate::router::Router;
 
@@ -30,6 +30,84 @@ pub struct Runtime {
     pub pools: Vec<Arc<Pool>>,
     /// Route table.
     pub router: Router,
+    /// Router plugins in use: the listener's, then the routes'.
+    pub routers: Vec<RouterSlot>,
+    /// Index in `routers` of the router asked about every request.
+    pub listener_router: Option<usize>,
+}
+
+/// One use of a router plugin (the listener's or a route's).
+#[derive(Debug)]
+pub struct RouterSlot {
+    /// `proxy` or `routes[N]`.
+    pub site: String,
+    /// Its `router_config`.
+    pub config: Vec<(String, String)>,
+    /// The live instance; replaced whole by a plugin reload.
+    pub instance: ArcSwap<RouterInstance>,
+}
+
+impl Runtime {
+    /// Index of the pool called `name`.
+    pub fn pool_index(&self, name: &str) -> Option<usize> {
+        self.pools.iter().position(|p| p.name == name)
+    }
+}
+
+/// What the routers made of a request.
+enum Routed {
+    Pool(usize),
+    Respond(RouteDecision),
+    Continue,
+}
+
+/// Asks router `slot` about the request; a failure or an unknown pool is logged and
+/// treated as `continue`, so a broken router never takes traffic down.
+fn ask_router(runtime: &Runtime, slot: usize, session: &mut Session) -> Routed {
+    let Some(slot) = runtime.routers.get(slot) else {
+        return Routed::Continue;
+    };
+    let instance = slot.instance.load();
+    let client = session.client_addr().and_then(|a| a.as_inet()).copied();
+    match instance.route(session.req_header_mut(), client) {
+        Ok(RouteDecision::Continue) => Routed::Continue,
+        Ok(RouteDecision::Pool(name)) => match runtime.pool_index(&name) {
+            Some(i) => Routed::Pool(i),
+            None => {
+                let e = instance.bad_reply(format!("chose pool {name:?}, which does not exist"));
+                tracing::warn!(router = %slot.site, error = %e, "router failed; request continues to the static routes");
+                Routed::Continue
+            }
+        },
+        Ok(respond) => Routed::Respond(respond),
+        Err(e) => {
+            tracing::warn!(router = %slot.site, error = %e, "router failed; request continues to the static routes");
+            Routed::Continue
+        }
+    }
+}
+
+async fn respond_decision(session: &mut Session, decision: RouteDecision) -> Result<bool> {
+    let RouteDecision::Respond {
+        status,
+        headers,
+        body,
+    } = decision
+    else {
+        return Ok(false);
+    };
+    let body = Bytes::from(body);
+    let mut header = ResponseHeader::build(status, Some(headers.len() + 2))?;
+    for (name, value) in headers {
+        // A header the plugin got wrong is dropped, not fatal.
+        let _ = header.append_header(name, value);
+    }
+    header.insert_header("content-length", body.len().to_string())?;
+    session
+        .write_response_header(Box::new(header), false)
+        .await?;
+    session.write_response_body(Some(body), true).await?;
+    Ok(true)
 }
 
 /// The proxy application handed to Pingora.
@@ -99,20 +177,34 @@ impl ProxyHttp for Switchyard {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
-        let runtime = self.runtime.load();
-        let header = session.req_header();
-        let host = request_host(header);
-        let path = header.uri.path();
-        match runtime.router.route(&host, path) {
-            Some(i) => {
-                ctx.pool = runtime.pools.get(i).cloned();
-                Ok(false)
-            }
-            None => {
-                let text = format!("switchyard: no route for host {host:?} and path {path:?}\n");
-                respond_text(session, 404, text).await
+        let runtime = self.runtime.load_full();
+        if let Some(slot) = runtime.listener_router {
+            match ask_router(&runtime, slot, session) {
+                Routed::Pool(i) => {
+                    ctx.pool = runtime.pools.get(i).cloned();
+                    return Ok(false);
+                }
+                Routed::Respond(decision) => return respond_decision(session, decision).await,
+                Routed::Continue => {}
             }
         }
+        let header = session.req_header();
+        let host = request_host(header);
+        let path = header.uri.path().to_owned();
+        let Some(target) = runtime.router.route(&host, &path) else {
+            let text = format!("switchyard: no route for host {host:?} and path {path:?}\n");
+            return respond_text(session, 404, text).await;
+        };
+        let mut pool = target.pool;
+        if let Some(slot) = target.router {
+            match ask_router(&runtime, slot, session) {
+                Routed::Pool(i) => pool = i,
+                Routed::Respond(decision) => return respond_decision(session, decision).await,
+                Routed::Continue => {}
+            }
+        }
+        ctx.pool = runtime.pools.get(pool).cloned();
+        Ok(false)
     }
 
     async fn upstream_peer(

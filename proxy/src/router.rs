@@ -10,7 +10,16 @@ use crate::config::{HostPattern, RouteConfig};
 struct Route {
     host: Option<HostPattern>,
     path_prefix: String,
-    pool: usize,
+    target: Target,
+}
+
+/// Where a matched route sends a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Target {
+    /// Pool index.
+    pub pool: usize,
+    /// Router plugin to ask first (index into the runtime's routers), if any.
+    pub router: Option<usize>,
 }
 
 /// The compiled route table.
@@ -22,19 +31,25 @@ pub struct Router {
 }
 
 impl Router {
-    /// Builds the table; `pool_index` maps a pool name to its index.
+    /// Builds the table; `pool_index` maps a pool name to its index, `router_index`
+    /// a route's position to its router plugin's index, if it has one.
     pub fn new(
         routes: &[RouteConfig],
         pool_count: usize,
         pool_index: impl Fn(&str) -> Option<usize>,
+        router_index: impl Fn(usize) -> Option<usize>,
     ) -> Self {
         let routes = routes
             .iter()
-            .filter_map(|r| {
+            .enumerate()
+            .filter_map(|(i, r)| {
                 Some(Route {
                     host: r.host.clone(),
                     path_prefix: r.path_prefix.clone(),
-                    pool: pool_index(&r.pool)?,
+                    target: Target {
+                        pool: pool_index(&r.pool)?,
+                        router: router_index(i),
+                    },
                 })
             })
             .collect::<Vec<_>>();
@@ -45,10 +60,10 @@ impl Router {
         }
     }
 
-    /// The pool for a request to `host` (lower case, no port) and `path`.
-    pub fn route(&self, host: &str, path: &str) -> Option<usize> {
+    /// Where a request to `host` (lower case, no port) and `path` goes.
+    pub fn route(&self, host: &str, path: &str) -> Option<Target> {
         if let Some(pool) = self.default_pool {
-            return Some(pool);
+            return Some(Target { pool, router: None });
         }
         // Rank: exact host 2, wildcard 1 (+ its length, so longer suffixes win), none 0.
         let rank = |h: &Option<HostPattern>| -> Option<(u8, usize)> {
@@ -60,19 +75,19 @@ impl Router {
             }
         };
         // Strictly better only, so the first of two equal routes wins.
-        let mut best: Option<((u8, usize), usize, usize)> = None;
+        let mut best: Option<((u8, usize), usize, Target)> = None;
         for r in self
             .routes
             .iter()
             .filter(|r| path.starts_with(r.path_prefix.as_str()))
         {
             let Some(rank) = rank(&r.host) else { continue };
-            let key = (rank, r.path_prefix.len(), r.pool);
+            let key = (rank, r.path_prefix.len(), r.target);
             if best.is_none_or(|(br, bl, _)| (rank, r.path_prefix.len()) > (br, bl)) {
                 best = Some(key);
             }
         }
-        best.map(|(_, _, pool)| pool)
+        best.map(|(_, _, target)| target)
     }
 }
 
@@ -88,6 +103,7 @@ mod tests {
             }),
             path_prefix: prefix.to_owned(),
             pool: pool.to_owned(),
+            router: None,
         }
     }
 
@@ -100,27 +116,74 @@ mod tests {
             route(Some("blog.example.com"), "/", "blog"),
             route(Some("*.example.com"), "/", "wild"),
         ];
-        let r = Router::new(&routes, pools.len(), |n| pools.iter().position(|p| *p == n));
-        assert_eq!(r.route("other.org", "/"), Some(0));
-        assert_eq!(r.route("other.org", "/api/users"), Some(1));
-        assert_eq!(r.route("blog.example.com", "/api"), Some(2));
-        assert_eq!(r.route("shop.example.com", "/api"), Some(3));
-        assert_eq!(r.route("example.com", "/x"), Some(0));
+        let r = Router::new(
+            &routes,
+            pools.len(),
+            |n| pools.iter().position(|p| *p == n),
+            |_| None,
+        );
+        assert_eq!(
+            r.route("other.org", "/"),
+            Some(Target {
+                pool: 0,
+                router: None
+            })
+        );
+        assert_eq!(
+            r.route("other.org", "/api/users"),
+            Some(Target {
+                pool: 1,
+                router: None
+            })
+        );
+        assert_eq!(
+            r.route("blog.example.com", "/api"),
+            Some(Target {
+                pool: 2,
+                router: None
+            })
+        );
+        assert_eq!(
+            r.route("shop.example.com", "/api"),
+            Some(Target {
+                pool: 3,
+                router: None
+            })
+        );
+        assert_eq!(
+            r.route("example.com", "/x"),
+            Some(Target {
+                pool: 0,
+                router: None
+            })
+        );
     }
 
     #[test]
     fn unmatched_requests_have_no_pool() {
         let pools = ["api"];
         let routes = [route(Some("api.example.com"), "/v1", "api")];
-        let r = Router::new(&routes, 1, |n| pools.iter().position(|p| *p == n));
+        let r = Router::new(&routes, 1, |n| pools.iter().position(|p| *p == n), |_| None);
         assert_eq!(r.route("api.example.com", "/v2"), None);
         assert_eq!(r.route("www.example.com", "/v1"), None);
-        assert_eq!(r.route("api.example.com", "/v1/x"), Some(0));
+        assert_eq!(
+            r.route("api.example.com", "/v1/x"),
+            Some(Target {
+                pool: 0,
+                router: None
+            })
+        );
     }
 
     #[test]
     fn a_single_pool_without_routes_takes_everything() {
-        let r = Router::new(&[], 1, |_| Some(0));
-        assert_eq!(r.route("any", "/thing"), Some(0));
+        let r = Router::new(&[], 1, |_| Some(0), |_| None);
+        assert_eq!(
+            r.route("any", "/thing"),
+            Some(Target {
+                pool: 0,
+                router: None
+            })
+        );
     }
 }

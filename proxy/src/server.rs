@@ -8,9 +8,12 @@ use std::sync::Arc;
 
 use crate::config::{Config, ConfigErrors};
 use crate::control::Control;
-use crate::plugin::{LoadedPlugin, PluginEngine, PluginError, PluginRegistry, PoolBalancer};
+use crate::plugin::{
+    LoadedPlugin, PluginEngine, PluginError, PluginRegistry, PoolBalancer, RouterInstance,
+    WorldKind,
+};
 use crate::pool::Pool;
-use crate::proxy::{Runtime, Switchyard};
+use crate::proxy::{RouterSlot, Runtime, Switchyard};
 use crate::router::Router;
 
 /// Why the proxy could not start (or a reload was rejected).
@@ -40,8 +43,8 @@ pub fn registry(config: &Config, engine: &PluginEngine) -> Result<PluginRegistry
     .map_err(|e| StartError::Engine(format!("{e:#}")))
 }
 
-/// Loads every plugin the configuration names and builds the pools, reporting every
-/// pool whose plugin fails (with the location of its `balancer` key). Plugins whose
+/// Loads every plugin the configuration names and builds the pools and routers,
+/// reporting every one whose plugin fails (with the location of its key). Plugins whose
 /// code is unchanged since `previous` are reused without compiling, and backends that
 /// were draining there stay draining.
 pub fn build_runtime(
@@ -51,31 +54,47 @@ pub fn build_runtime(
 ) -> Result<Runtime, StartError> {
     let registry = registry(config, engine)?;
     let mut reusable: HashMap<(String, String), Arc<LoadedPlugin>> = HashMap::new();
-    for pool in previous.map(|r| r.pools.as_slice()).unwrap_or_default() {
-        let plugin = Arc::clone(pool.balancer.load().plugin());
-        reusable.insert((plugin.name.clone(), plugin.sha256.clone()), plugin);
+    if let Some(previous) = previous {
+        let balancers = previous
+            .pools
+            .iter()
+            .map(|p| Arc::clone(p.balancer.load().plugin()));
+        let routers = previous
+            .routers
+            .iter()
+            .map(|r| Arc::clone(r.instance.load().plugin()));
+        for plugin in balancers.chain(routers) {
+            reusable.insert((plugin.name.clone(), plugin.sha256.clone()), plugin);
+        }
     }
-    let mut loaded: HashMap<&str, Option<Arc<LoadedPlugin>>> = HashMap::new();
+    let mut loaded: HashMap<String, Option<Arc<LoadedPlugin>>> = HashMap::new();
     let mut errors = Vec::new();
+    // Each plugin is compiled once, and a failure reported once, at its first use.
+    let mut load =
+        |name: &str, world: WorldKind, at: &str, errors: &mut Vec<(String, PluginError)>| {
+            loaded
+                .entry(name.to_owned())
+                .or_insert_with(|| {
+                    let (source, bytes) = registry
+                        .read(name)
+                        .map_err(|e| errors.push((at.to_owned(), e)))
+                        .ok()?;
+                    let sha256 = crate::plugin::registry::sha256_hex(&bytes);
+                    match reusable.get(&(name.to_owned(), sha256)) {
+                        Some(p) if p.source == source && p.world() == world => Some(Arc::clone(p)),
+                        _ => registry
+                            .load_bytes(name, source, &bytes, world)
+                            .map_err(|e| errors.push((at.to_owned(), e)))
+                            .ok(),
+                    }
+                })
+                .clone()
+        };
+
     let mut pools = Vec::new();
     for pool in &config.pools {
         let at = format!("{} (pool {:?})", pool.balancer_at, pool.name);
-        // Each plugin is compiled once, and a failure reported once, at its first use.
-        let plugin = loaded.entry(pool.balancer.as_str()).or_insert_with(|| {
-            let (source, bytes) = registry
-                .read(&pool.balancer)
-                .map_err(|e| errors.push((at.clone(), e)))
-                .ok()?;
-            let sha256 = crate::plugin::registry::sha256_hex(&bytes);
-            match reusable.get(&(pool.balancer.clone(), sha256)) {
-                Some(p) if p.source == source => Some(Arc::clone(p)),
-                _ => registry
-                    .load_bytes(&pool.balancer, source, &bytes)
-                    .map_err(|e| errors.push((at.clone(), e)))
-                    .ok(),
-            }
-        });
-        let Some(plugin) = plugin.clone() else {
+        let Some(plugin) = load(&pool.balancer, WorldKind::Balancer, &at, &mut errors) else {
             continue;
         };
         match PoolBalancer::new(
@@ -95,14 +114,54 @@ pub fn build_runtime(
             Err(e) => errors.push((at, e)),
         }
     }
+
+    let uses =
+        config
+            .proxy
+            .router
+            .iter()
+            .map(|r| ("proxy".to_owned(), r))
+            .chain(
+                config.routes.iter().enumerate().filter_map(|(i, route)| {
+                    Some((format!("routes[{i}]"), route.router.as_ref()?))
+                }),
+            );
+    let mut routers = Vec::new();
+    for (site, router) in uses {
+        let at = format!("{} ({site})", router.at);
+        let Some(plugin) = load(&router.name, WorldKind::Router, &at, &mut errors) else {
+            continue;
+        };
+        match RouterInstance::new(plugin, router.config.clone(), config.plugins.limits.clone()) {
+            Ok(instance) => routers.push(RouterSlot {
+                site,
+                config: router.config.clone(),
+                instance: ArcSwap::from_pointee(instance),
+            }),
+            Err(e) => errors.push((at, e)),
+        }
+    }
     if !errors.is_empty() {
         return Err(StartError::Plugins(errors));
     }
+    let listener_router = routers.iter().position(|r| r.site == "proxy");
     let names: Vec<&str> = config.pools.iter().map(|p| p.name.as_str()).collect();
-    let router = Router::new(&config.routes, pools.len(), |name| {
-        names.iter().position(|n| *n == name)
-    });
-    Ok(Runtime { pools, router })
+    let router = Router::new(
+        &config.routes,
+        pools.len(),
+        |name| names.iter().position(|n| *n == name),
+        |i| {
+            routers
+                .iter()
+                .position(|r| r.site == format!("routes[{i}]"))
+        },
+    );
+    Ok(Runtime {
+        pools,
+        router,
+        routers,
+        listener_router,
+    })
 }
 
 /// Runs the proxy until it is told to stop. Never returns on success.

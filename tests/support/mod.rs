@@ -74,6 +74,8 @@ pub fn free_port() -> u16 {
 /// A running `switchyard run` process; killed when dropped.
 pub struct Proxy {
     child: Option<Child>,
+    /// Extra lines of the `[proxy]` table.
+    proxy_extra: String,
     pub addr: SocketAddr,
     pub dir: tempfile::TempDir,
     log: PathBuf,
@@ -84,6 +86,11 @@ impl Proxy {
     /// `plugins/` directory holding `plugins` (name, path of a .wasm), then starts the
     /// proxy and waits until it accepts connections and admin commands.
     pub fn start(body: &str, plugins: &[(&str, PathBuf)]) -> Proxy {
+        Proxy::start_with("", body, plugins)
+    }
+
+    /// Like [`Proxy::start`], with `proxy_extra` lines added to the `[proxy]` table.
+    pub fn start_with(proxy_extra: &str, body: &str, plugins: &[(&str, PathBuf)]) -> Proxy {
         let dir = tempfile::tempdir().unwrap();
         let plugin_dir = dir.path().join("plugins");
         std::fs::create_dir_all(&plugin_dir).unwrap();
@@ -94,6 +101,7 @@ impl Proxy {
         let log = dir.path().join("switchyard.log");
         let mut proxy = Proxy {
             child: None,
+            proxy_extra: proxy_extra.to_owned(),
             addr,
             dir,
             log,
@@ -107,8 +115,8 @@ impl Proxy {
     /// compiled-plugin cache and admin socket in this proxy's directory), then `body`.
     pub fn write_config(&self, body: &str) {
         let config = format!(
-            "[proxy]\nlisten = [\"{}\"]\nthreads = 2\n\n[plugins]\ndir = \"plugins\"\ncache_dir = \"cache\"\n\n[admin]\nsocket = \"admin.sock\"\n\n{body}",
-            self.addr
+            "[proxy]\nlisten = [\"{}\"]\nthreads = 2\n{}\n\n[plugins]\ndir = \"plugins\"\ncache_dir = \"cache\"\n# Deadlines are wall time; tests share two cores, so give calls room.\nlimits = {{ call_timeout = \"50ms\" }}\n\n[admin]\nsocket = \"admin.sock\"\n\n{body}",
+            self.addr, self.proxy_extra
         );
         std::fs::write(self.config_path(), config).unwrap();
     }

@@ -111,15 +111,23 @@ impl PeakEwma {
         e.sampled = true;
     }
 
-    /// Cost of sending one more request to backend `b`. Before its own first sample
-    /// (a new backend, or a freshly loaded plugin) the host's measurement stands in,
-    /// so a hot reload does not forget which backends are slow.
+    /// Cost of sending one more request to backend `b`.
     fn cost(&self, b: &Backend, now: Instant) -> f64 {
-        let estimate = match self.estimates[b.index] {
-            Estimate { sampled: false, .. } if b.latency_us > 0 => f64::from(b.latency_us),
-            _ => self.estimate_at(b.index, now),
-        };
-        estimate * (f64::from(b.in_flight) + 1.0)
+        self.estimate_at(b.index, now) * (f64::from(b.in_flight) + 1.0)
+    }
+
+    /// Starts the estimate of a backend this balancer has not heard from yet (a new
+    /// backend, or a freshly loaded plugin) at the host's measurement, so a hot reload
+    /// does not forget which backends are slow. From then on it decays like any other.
+    fn seed_from_host(&mut self, b: &Backend, now: Instant) {
+        let e = &mut self.estimates[b.index];
+        if !e.sampled && b.latency_us > 0 {
+            *e = Estimate {
+                rtt_us: f64::from(b.latency_us),
+                updated: now,
+                sampled: true,
+            };
+        }
     }
 
     /// One pick at `now`; `None` when no backend is healthy.
@@ -132,6 +140,8 @@ impl PeakEwma {
         };
         let a = backends.get(self.healthy[x])?;
         let b = backends.get(self.healthy[y])?;
+        self.seed_from_host(&a, now);
+        self.seed_from_host(&b, now);
         let (cost_a, cost_b) = (self.cost(&a, now), self.cost(&b, now));
         Some(if cost_b < cost_a { b.index } else { a.index })
     }

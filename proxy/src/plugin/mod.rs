@@ -6,14 +6,14 @@
 //! - [`balancer`]: one live instance per pool, called for each request, with failure
 //!   handling.
 
-pub mod balancer;
 pub mod bundled;
+pub mod instance;
 pub mod output;
 pub mod registry;
 pub mod request;
 pub mod sandbox;
 
-pub use balancer::{FailureKind, PoolBalancer};
+pub use instance::{FailureKind, PluginInstance, PoolBalancer, RouteDecision, RouterInstance};
 pub use registry::{LoadedPlugin, PluginRegistry, PluginSource};
 pub use sandbox::{PluginEngine, PluginState};
 
@@ -25,6 +25,49 @@ pub mod host_bindings {
         world: "balancer",
         with: { "switchyard:plugin/types.request": super::request::RequestHandle },
     });
+}
+
+/// Host-side bindings of world `router`, sharing the `types` interface with
+/// [`host_bindings`].
+pub mod router_bindings {
+    #![allow(missing_docs, missing_debug_implementations, clippy::all)]
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "router",
+        with: { "switchyard:plugin/types": super::host_bindings::switchyard::plugin::types },
+    });
+}
+
+/// Which world a plugin is loaded as.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WorldKind {
+    /// `balancer`: chooses a backend of a pool.
+    Balancer,
+    /// `router`: chooses a pool, or answers itself.
+    Router,
+}
+
+impl WorldKind {
+    /// The world's name in `wit/plugin.wit`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorldKind::Balancer => "balancer",
+            WorldKind::Router => "router",
+        }
+    }
+}
+
+/// A compiled component linked as one of the worlds.
+#[derive(Clone)]
+#[allow(
+    missing_debug_implementations,
+    reason = "the generated pre-instances have no Debug; LoadedPlugin's Debug names the world"
+)]
+pub enum Linked {
+    /// A balancer.
+    Balancer(host_bindings::BalancerPre<PluginState>),
+    /// A router.
+    Router(router_bindings::RouterPre<PluginState>),
 }
 
 /// Everything that can go wrong with a plugin, tagged by what the operator should do.
@@ -62,13 +105,15 @@ pub enum PluginError {
     },
     /// Imports something the host does not provide, or lacks an export of the world.
     #[error(
-        "plugin `{name}` ({source_desc}) does not fit world `balancer` of switchyard:plugin@0.1.0: {reason}"
+        "plugin `{name}` ({source_desc}) does not fit world `{world}` of switchyard:plugin@0.1.0: {reason}"
     )]
     Link {
         /// Plugin name.
         name: String,
         /// Bundled or file path.
         source_desc: String,
+        /// The world it was loaded as.
+        world: &'static str,
         /// What is missing or mismatched.
         reason: String,
     },
@@ -130,7 +175,12 @@ pub fn check_file(
         source_desc: file.display().to_string(),
         reason: e.to_string(),
     })?;
-    let plugin = registry.load_bytes(&name, PluginSource::File(file.to_owned()), &bytes)?;
+    let plugin = registry.load_bytes(
+        &name,
+        PluginSource::File(file.to_owned()),
+        &bytes,
+        WorldKind::Balancer,
+    )?;
     let settings = config.len();
     let balancer = PoolBalancer::new(
         std::sync::Arc::clone(&plugin),

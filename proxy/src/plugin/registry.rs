@@ -12,7 +12,9 @@ use std::time::SystemTime;
 use wasmtime::component::{Component, Linker};
 
 use super::host_bindings::BalancerPre;
+use super::router_bindings::RouterPre;
 use super::sandbox::{self, PluginEngine, PluginState};
+use super::{Linked, WorldKind};
 use super::{PluginError, bundled};
 use crate::config::PluginCatalog;
 
@@ -47,7 +49,17 @@ pub struct LoadedPlugin {
     /// Whether the compiled code came from the on-disk cache.
     pub cache: CacheOutcome,
     pub(crate) engine: PluginEngine,
-    pub(crate) pre: BalancerPre<PluginState>,
+    pub(crate) linked: Linked,
+}
+
+impl LoadedPlugin {
+    /// The world it was linked as.
+    pub fn world(&self) -> WorldKind {
+        match self.linked {
+            Linked::Balancer(_) => WorldKind::Balancer,
+            Linked::Router(_) => WorldKind::Router,
+        }
+    }
 }
 
 impl std::fmt::Debug for LoadedPlugin {
@@ -126,9 +138,9 @@ impl PluginRegistry {
 
     /// Loads the plugin called `name`: the file in the plugins directory if present,
     /// else the bundled one.
-    pub fn load(&self, name: &str) -> Result<Arc<LoadedPlugin>, PluginError> {
+    pub fn load(&self, name: &str, world: WorldKind) -> Result<Arc<LoadedPlugin>, PluginError> {
         let (source, bytes) = self.read(name)?;
-        self.load_bytes(name, source, &bytes)
+        self.load_bytes(name, source, &bytes, world)
     }
 
     /// The current code of plugin `name` and where it comes from, without compiling.
@@ -159,6 +171,7 @@ impl PluginRegistry {
         name: &str,
         source: PluginSource,
         bytes: &[u8],
+        world: WorldKind,
     ) -> Result<Arc<LoadedPlugin>, PluginError> {
         let source_desc = source.to_string();
         let sha256 = sha256_hex(bytes);
@@ -172,13 +185,19 @@ impl PluginRegistry {
         let link_error = |e: wasmtime::Error| PluginError::Link {
             name: name.to_owned(),
             source_desc: source_desc.clone(),
+            world: world.as_str(),
             reason: first_lines(&e),
         };
         let instance_pre = self
             .linker
             .instantiate_pre(&component)
             .map_err(link_error)?;
-        let pre = BalancerPre::new(instance_pre).map_err(link_error)?;
+        let linked = match world {
+            WorldKind::Balancer => {
+                Linked::Balancer(BalancerPre::new(instance_pre).map_err(link_error)?)
+            }
+            WorldKind::Router => Linked::Router(RouterPre::new(instance_pre).map_err(link_error)?),
+        };
         tracing::info!(plugin = name, source = %source, sha256 = &sha256[..16], cache = cache.as_str(), "plugin loaded");
         Ok(Arc::new(LoadedPlugin {
             name: name.to_owned(),
@@ -187,7 +206,7 @@ impl PluginRegistry {
             sha256,
             cache,
             engine: self.engine.clone(),
-            pre,
+            linked,
         }))
     }
 

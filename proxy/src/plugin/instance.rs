@@ -1,6 +1,7 @@
-//! A pool's live balancer instance and the calls into it.
+//! A live plugin instance and the calls into it, for both worlds: a pool's balancer
+//! and a router.
 //!
-//! One instance per pool, behind a mutex: a balancer's state (a round-robin position,
+//! One instance per pool (or per router use), behind a mutex: a balancer's state (a round-robin position,
 //! latency estimates) is one sequence per pool, as in HAProxy, not one per proxy thread
 //! as in nginx. Calls take about a microsecond, so the lock is short.
 //!
@@ -17,8 +18,9 @@ use std::time::Duration;
 use wasmtime::Store;
 use wasmtime::component::Resource;
 
-use super::host_bindings::Balancer;
+use super::host_bindings::{Balancer, BalancerPre};
 use super::request::RequestHandle;
+use super::router_bindings::{Router, RouterPre};
 use super::sandbox::{PluginEngine, PluginState};
 use super::{LoadedPlugin, PluginError};
 use crate::config::PluginLimits;
@@ -36,16 +38,19 @@ pub enum FailureKind {
     Unhealthy,
     /// A new instance could not be made (instantiation or `init` failed).
     Instantiate,
+    /// A router answered something unusable (bad status, unknown pool, huge body).
+    BadReply,
 }
 
 impl FailureKind {
     /// All kinds, in a fixed order.
-    pub const ALL: [FailureKind; 5] = [
+    pub const ALL: [FailureKind; 6] = [
         FailureKind::Trap,
         FailureKind::Timeout,
         FailureKind::OutOfRange,
         FailureKind::Unhealthy,
         FailureKind::Instantiate,
+        FailureKind::BadReply,
     ];
 
     /// Stable lower-case name, for logs and metrics.
@@ -56,6 +61,7 @@ impl FailureKind {
             FailureKind::OutOfRange => "out_of_range",
             FailureKind::Unhealthy => "unhealthy_choice",
             FailureKind::Instantiate => "instantiate",
+            FailureKind::BadReply => "bad_reply",
         }
     }
 }
@@ -81,6 +87,14 @@ impl CallStats {
         }
     }
 
+    /// Calls so far and failures by kind, in [`FailureKind::ALL`] order.
+    pub fn snapshot(&self) -> (u64, [u64; FailureKind::ALL.len()]) {
+        (
+            self.calls.load(Ordering::Relaxed),
+            std::array::from_fn(|i| self.failures[i].load(Ordering::Relaxed)),
+        )
+    }
+
     /// Failures of `kind` so far.
     pub fn failures(&self, kind: FailureKind) -> u64 {
         FailureKind::ALL
@@ -90,38 +104,102 @@ impl CallStats {
     }
 }
 
-struct Live {
-    store: Store<PluginState>,
-    bindings: Balancer,
+/// A plugin world the host can instantiate: its generated bindings.
+pub trait World: Sized + Send + 'static {
+    /// Human name, for errors.
+    const NAME: &'static str;
+    /// Makes an instance of `plugin`, if it was linked as this world.
+    fn instantiate(plugin: &LoadedPlugin, store: &mut Store<PluginState>)
+    -> wasmtime::Result<Self>;
+    /// Runs the world's `init`.
+    fn init(
+        &self,
+        store: &mut Store<PluginState>,
+        config: &[(String, String)],
+    ) -> wasmtime::Result<Result<(), String>>;
 }
 
-/// A pool's balancer: the plugin, its configuration and its live instance.
-pub struct PoolBalancer {
+impl World for Balancer {
+    const NAME: &'static str = "balancer";
+    fn instantiate(
+        plugin: &LoadedPlugin,
+        store: &mut Store<PluginState>,
+    ) -> wasmtime::Result<Self> {
+        match &plugin.linked {
+            super::Linked::Balancer(pre) => BalancerPre::instantiate(pre, store),
+            super::Linked::Router(_) => {
+                wasmtime::bail!("plugin `{}` is a router, not a balancer", plugin.name)
+            }
+        }
+    }
+    fn init(
+        &self,
+        store: &mut Store<PluginState>,
+        config: &[(String, String)],
+    ) -> wasmtime::Result<Result<(), String>> {
+        self.call_init(store, config)
+    }
+}
+
+impl World for Router {
+    const NAME: &'static str = "router";
+    fn instantiate(
+        plugin: &LoadedPlugin,
+        store: &mut Store<PluginState>,
+    ) -> wasmtime::Result<Self> {
+        match &plugin.linked {
+            super::Linked::Router(pre) => RouterPre::instantiate(pre, store),
+            super::Linked::Balancer(_) => {
+                wasmtime::bail!("plugin `{}` is a balancer, not a router", plugin.name)
+            }
+        }
+    }
+    fn init(
+        &self,
+        store: &mut Store<PluginState>,
+        config: &[(String, String)],
+    ) -> wasmtime::Result<Result<(), String>> {
+        self.call_init(store, config)
+    }
+}
+
+struct Live<W> {
+    store: Store<PluginState>,
+    bindings: W,
+}
+
+/// A pool's balancer.
+pub type PoolBalancer = PluginInstance<Balancer>;
+/// A router plugin in use.
+pub type RouterInstance = PluginInstance<Router>;
+
+/// A plugin in use: the plugin, its configuration and its live instance.
+pub struct PluginInstance<W> {
     plugin: Arc<LoadedPlugin>,
     config: Vec<(String, String)>,
     limits: PluginLimits,
-    live: Mutex<Option<Live>>,
+    live: Mutex<Option<Live<W>>>,
     /// Call and failure counts.
     pub stats: CallStats,
 }
 
-impl std::fmt::Debug for PoolBalancer {
+impl<W> std::fmt::Debug for PluginInstance<W> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PoolBalancer")
+        f.debug_struct("PluginInstance")
             .field("plugin", &self.plugin.name)
             .finish_non_exhaustive()
     }
 }
 
-impl PoolBalancer {
+impl<W: World> PluginInstance<W> {
     /// Instantiates `plugin` and runs its `init` with `config`; an error here means the
-    /// pool cannot use this plugin (bad configuration, trap in `init`).
+    /// plugin cannot be used so (bad configuration, trap in `init`, wrong world).
     pub fn new(
         plugin: Arc<LoadedPlugin>,
         config: Vec<(String, String)>,
         limits: PluginLimits,
     ) -> Result<Self, PluginError> {
-        let balancer = PoolBalancer {
+        let balancer = PluginInstance {
             plugin,
             config,
             limits,
@@ -138,11 +216,11 @@ impl PoolBalancer {
         &self.plugin
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Live>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Live<W>>> {
         self.live.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn instantiate(&self) -> Result<Live, PluginError> {
+    fn instantiate(&self) -> Result<Live<W>, PluginError> {
         let mut store = Store::new(
             self.plugin.engine.engine(),
             PluginState::new(&self.plugin.name, self.limits.memory_bytes),
@@ -150,9 +228,9 @@ impl PoolBalancer {
         store.limiter(|state| &mut state.limits);
         store.epoch_deadline_trap();
         store.set_epoch_deadline(PluginEngine::deadline_ticks(self.limits.init_timeout));
-        let bindings = guarded(|| self.plugin.pre.instantiate(&mut store))
+        let bindings = guarded(|| W::instantiate(&self.plugin, &mut store))
             .map_err(|e| self.call_error("instantiate", e))?;
-        match guarded(|| bindings.call_init(&mut store, &self.config)) {
+        match guarded(|| bindings.init(&mut store, &self.config)) {
             Ok(Ok(())) => Ok(Live { store, bindings }),
             Ok(Err(message)) => Err(PluginError::InitRejected {
                 name: self.plugin.name.clone(),
@@ -196,7 +274,7 @@ impl PoolBalancer {
         &self,
         call: &'static str,
         request: Option<(&mut RequestHeader, Option<SocketAddr>)>,
-        f: impl FnOnce(&Balancer, &mut Store<PluginState>) -> wasmtime::Result<R>,
+        f: impl FnOnce(&W, &mut Store<PluginState>) -> wasmtime::Result<R>,
     ) -> Result<R, PluginError> {
         self.stats.calls.fetch_add(1, Ordering::Relaxed);
         let mut slot = self.lock();
@@ -239,7 +317,9 @@ impl PoolBalancer {
             error
         })
     }
+}
 
+impl PluginInstance<Balancer> {
     /// Asks the plugin to choose among `backends` (the flat table of `wit/plugin.wit`)
     /// for the request whose header is `header`. `Ok(None)`: the plugin left the choice
     /// to the host.
@@ -291,6 +371,64 @@ impl PoolBalancer {
         self.with_instance("on-response", None, |b, store| {
             b.call_on_response(store, backend, status, latency_us)
         })
+    }
+}
+
+/// A router's decision, checked: status in range, body within limits.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RouteDecision {
+    /// Serve from this pool.
+    Pool(String),
+    /// Answer directly.
+    Respond {
+        /// 100–599.
+        status: u16,
+        /// Extra headers.
+        headers: Vec<(String, String)>,
+        /// At most [`MAX_ROUTER_BODY`] bytes.
+        body: String,
+    },
+    /// Go on with the static routes.
+    Continue,
+}
+
+/// Largest body a router may answer with.
+pub const MAX_ROUTER_BODY: usize = 64 * 1024;
+
+impl PluginInstance<Router> {
+    /// Asks the router what to do with the request whose header is `header`.
+    pub fn route(
+        &self,
+        header: &mut RequestHeader,
+        client: Option<SocketAddr>,
+    ) -> Result<RouteDecision, PluginError> {
+        use super::router_bindings::switchyard::plugin::routing::Decision;
+        let decision = self.with_instance("route", Some((header, client)), |r, store| {
+            r.call_route(store, Resource::<RequestHandle>::new_borrow(0))
+        })?;
+        match decision {
+            Decision::Pool(name) => Ok(RouteDecision::Pool(name)),
+            Decision::Continue => Ok(RouteDecision::Continue),
+            Decision::Respond(r) if (100..=599).contains(&r.status) && r.body.len() <= MAX_ROUTER_BODY => {
+                Ok(RouteDecision::Respond { status: r.status, headers: r.headers, body: r.body })
+            }
+            Decision::Respond(r) => Err(self.bad_reply(format!(
+                "answered status {} with a {}-byte body; the status must be 100–599 and the body at most {MAX_ROUTER_BODY} bytes",
+                r.status,
+                r.body.len()
+            ))),
+        }
+    }
+
+    /// Counts and describes an unusable answer.
+    pub fn bad_reply(&self, detail: String) -> PluginError {
+        self.stats.record_failure(FailureKind::BadReply);
+        PluginError::Call {
+            name: self.plugin.name.clone(),
+            call: "route",
+            kind: FailureKind::BadReply,
+            detail,
+        }
     }
 }
 
