@@ -16,6 +16,9 @@ const PACKAGES: &[&str] = &[
     "wrong-world",
     "canary-router",
     "access-filter",
+    "misbehave",
+    "socket-plugin",
+    "unknown-import",
 ];
 
 fn main() {

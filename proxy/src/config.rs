@@ -194,6 +194,14 @@ pub struct PluginLimits {
     pub init_timeout: Duration,
     /// Maximum linear memory of one instance, in bytes.
     pub memory_bytes: u64,
+    /// Failures within `quarantine_window` that quarantine the plugin; 0: never.
+    pub quarantine_after: u32,
+    /// Window in which failures are counted.
+    pub quarantine_window: Duration,
+    /// First quarantine; doubles at each quarantine in a row.
+    pub quarantine_backoff: Duration,
+    /// Longest quarantine.
+    pub quarantine_max: Duration,
 }
 
 impl Default for PluginLimits {
@@ -202,8 +210,21 @@ impl Default for PluginLimits {
             call_timeout: DEFAULT_CALL_TIMEOUT,
             init_timeout: DEFAULT_INIT_TIMEOUT,
             memory_bytes: DEFAULT_MEMORY_LIMIT,
+            quarantine_after: 20,
+            quarantine_window: Duration::from_secs(10),
+            quarantine_backoff: Duration::from_secs(1),
+            quarantine_max: Duration::from_secs(60),
         }
     }
+}
+
+/// What a pool does when its balancer fails.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnPluginFailure {
+    /// Serve with the native round-robin (fail-open).
+    Fallback,
+    /// Answer 503 (fail-closed).
+    Reject,
 }
 
 /// `[[pools]]`
@@ -223,6 +244,10 @@ pub struct PoolConfig {
     pub connect_timeout: Duration,
     /// How many other backends to try after a connection failure.
     pub retries: u32,
+    /// Fail-open or fail-closed when the balancer fails.
+    pub on_plugin_failure: OnPluginFailure,
+    /// Sandbox limits of this pool's balancer (`[plugins.limits]` with the pool's overrides).
+    pub limits: PluginLimits,
 }
 
 /// One backend of a pool.
@@ -307,6 +332,10 @@ struct RawLimits {
     call_timeout: Option<Spanned<String>>,
     init_timeout: Option<Spanned<String>>,
     memory: Option<Spanned<String>>,
+    quarantine_after: Option<Spanned<i64>>,
+    quarantine_window: Option<Spanned<String>>,
+    quarantine_backoff: Option<Spanned<String>>,
+    quarantine_max: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -318,6 +347,8 @@ struct RawPool {
     backends: Vec<Spanned<RawBackend>>,
     connect_timeout: Option<Spanned<String>>,
     retries: Option<Spanned<i64>>,
+    on_plugin_failure: Option<Spanned<String>>,
+    limits: Option<RawLimits>,
 }
 
 #[derive(Deserialize)]
@@ -342,8 +373,12 @@ fn allowed_keys(parent: &str) -> &'static str {
         "proxy" => "listen, threads, router, router_config",
         "plugins" => "dir, cache_dir, limits",
         "admin" => "socket",
-        "plugins.limits" => "call_timeout, init_timeout, memory",
-        "pools" => "name, balancer, balancer_config, backends, connect_timeout, retries",
+        "plugins.limits" | "pools.limits" => {
+            "call_timeout, init_timeout, memory, quarantine_after, quarantine_window, quarantine_backoff, quarantine_max"
+        }
+        "pools" => {
+            "name, balancer, balancer_config, backends, connect_timeout, retries, on_plugin_failure, limits"
+        }
         "pools.backends" => "addr, weight",
         "routes" => "host, path_prefix, pool, router, router_config",
         _ => "see the configuration reference in the README",
@@ -662,36 +697,68 @@ impl Validator<'_> {
             None => default_cache_dir(),
         };
         let mut limits = PluginLimits::default();
-        if let Some(l) = raw.limits {
-            limits.call_timeout = self.duration(
-                l.call_timeout.as_ref(),
-                "plugins.limits.call_timeout",
-                DEFAULT_CALL_TIMEOUT,
-            );
-            limits.init_timeout = self.duration(
-                l.init_timeout.as_ref(),
-                "plugins.limits.init_timeout",
-                DEFAULT_INIT_TIMEOUT,
-            );
-            if let Some(m) = l.memory {
-                match parse_bytes(m.get_ref()) {
-                    Some(b) if b >= 1 << 16 => limits.memory_bytes = b,
-                    _ => self.invalid(
-                        &m,
-                        "plugins.limits.memory",
-                        format!(
-                            "{:?} is not a size of at least 64KiB; write it like \"16MiB\"",
-                            m.get_ref()
-                        ),
-                    ),
-                }
-            }
+        if let Some(l) = &raw.limits {
+            limits = self.limits(l, "plugins.limits", &limits);
         }
         PluginSettings {
             dir,
             cache_dir,
             limits,
         }
+    }
+
+    /// `base` with the keys of `raw` applied.
+    fn limits(&mut self, raw: &RawLimits, field: &str, base: &PluginLimits) -> PluginLimits {
+        let mut limits = base.clone();
+        limits.call_timeout = self.duration(
+            raw.call_timeout.as_ref(),
+            &format!("{field}.call_timeout"),
+            base.call_timeout,
+        );
+        limits.init_timeout = self.duration(
+            raw.init_timeout.as_ref(),
+            &format!("{field}.init_timeout"),
+            base.init_timeout,
+        );
+        limits.quarantine_window = self.duration(
+            raw.quarantine_window.as_ref(),
+            &format!("{field}.quarantine_window"),
+            base.quarantine_window,
+        );
+        limits.quarantine_backoff = self.duration(
+            raw.quarantine_backoff.as_ref(),
+            &format!("{field}.quarantine_backoff"),
+            base.quarantine_backoff,
+        );
+        limits.quarantine_max = self.duration(
+            raw.quarantine_max.as_ref(),
+            &format!("{field}.quarantine_max"),
+            base.quarantine_max,
+        );
+        if let Some(n) = &raw.quarantine_after {
+            match u32::try_from(*n.get_ref()) {
+                Ok(n) => limits.quarantine_after = n,
+                Err(_) => self.invalid(
+                    n,
+                    format!("{field}.quarantine_after"),
+                    "must be a whole number, 0 to never quarantine",
+                ),
+            }
+        }
+        if let Some(m) = &raw.memory {
+            match parse_bytes(m.get_ref()) {
+                Some(b) if b >= 1 << 16 => limits.memory_bytes = b,
+                _ => self.invalid(
+                    m,
+                    format!("{field}.memory"),
+                    format!(
+                        "{:?} is not a size of at least 64KiB; write it like \"16MiB\"",
+                        m.get_ref()
+                    ),
+                ),
+            }
+        }
+        limits
     }
 
     fn pool(
@@ -781,6 +848,22 @@ impl Validator<'_> {
                     DEFAULT_RETRIES
                 }),
         };
+        let on_plugin_failure = match raw
+            .on_plugin_failure
+            .as_ref()
+            .map(|v| (v, v.get_ref().as_str()))
+        {
+            None | Some((_, "fallback")) => OnPluginFailure::Fallback,
+            Some((_, "reject")) => OnPluginFailure::Reject,
+            Some((v, other)) => {
+                self.invalid(v, format!("pools[{i}].on_plugin_failure"), format!("{other:?}: expected \"fallback\" (serve with round-robin) or \"reject\" (answer 503)"));
+                OnPluginFailure::Fallback
+            }
+        };
+        let limits = match &raw.limits {
+            Some(l) => self.limits(l, &format!("pools[{i}].limits"), &plugins.limits),
+            None => plugins.limits.clone(),
+        };
         Some(PoolConfig {
             name,
             balancer,
@@ -789,6 +872,8 @@ impl Validator<'_> {
             backends,
             connect_timeout,
             retries,
+            on_plugin_failure,
+            limits,
         })
     }
 

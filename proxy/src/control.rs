@@ -127,17 +127,24 @@ impl Control {
         // (plugin, its counters, where it is used), for balancers and routers alike.
         let balancers = runtime.pools.iter().map(|p| {
             let b = p.balancer.load_full();
-            (Arc::clone(b.plugin()), b.stats.snapshot(), p.name.clone())
+            (
+                Arc::clone(b.plugin()),
+                b.stats.snapshot(),
+                b.quarantine_state(),
+                p.name.clone(),
+            )
         });
         let routers = runtime.routers.iter().map(|r| {
             let i = r.instance.load_full();
             (
                 Arc::clone(i.plugin()),
                 i.stats.snapshot(),
+                i.quarantine_state(),
                 format!("{} router", r.site),
             )
         });
-        for (plugin, (calls, failures), site) in balancers.chain(routers) {
+        for (plugin, (calls, failures), (quarantined, last_error), site) in balancers.chain(routers)
+        {
             let entry = by_name.entry(plugin.name.clone()).or_insert_with(|| {
                 json!({
                     "name": plugin.name,
@@ -154,6 +161,12 @@ impl Control {
             });
             if let Some(sites) = entry["pools"].as_array_mut() {
                 sites.push(json!(site));
+            }
+            if quarantined {
+                entry["quarantined"] = json!(true);
+            }
+            if let Some(e) = last_error {
+                entry["last_error"] = json!(e);
             }
             entry["calls"] = json!(entry["calls"].as_u64().unwrap_or(0) + calls);
             for (kind, n) in FailureKind::ALL.iter().zip(failures) {
@@ -368,7 +381,7 @@ fn plugin_uses(runtime: &Runtime) -> Vec<PluginUse<'_>> {
                 let balancer = PoolBalancer::new(
                     Arc::clone(plugin),
                     pool_config.balancer_config.clone(),
-                    config.plugins.limits.clone(),
+                    pool_config.limits.clone(),
                 )
                 .map_err(|e| e.to_string())?;
                 self_check(&balancer, pool.backends.len())?;

@@ -9,8 +9,8 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering}
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use crate::config::PoolConfig;
-use crate::plugin::PoolBalancer;
+use crate::config::{OnPluginFailure, PoolConfig};
+use crate::plugin::{PluginError, PoolBalancer};
 
 /// `u32` values per backend in the table passed to `select` (see `wit/plugin.wit`).
 pub const BACKEND_STRIDE: usize = 5;
@@ -150,6 +150,8 @@ pub struct Pool {
     pub connect_timeout: Duration,
     /// Other backends to try after a connection failure.
     pub retries: u32,
+    /// Fail-open (fallback) or fail-closed (503) when the balancer fails.
+    pub on_plugin_failure: OnPluginFailure,
     fallback_cursor: AtomicUsize,
 }
 
@@ -171,6 +173,7 @@ impl Pool {
             balancer: ArcSwap::from_pointee(balancer),
             connect_timeout: config.connect_timeout,
             retries: config.retries,
+            on_plugin_failure: config.on_plugin_failure,
             fallback_cursor: AtomicUsize::new(0),
         }
     }
@@ -222,13 +225,14 @@ impl Pool {
     }
 
     /// Picks a backend for this request: the plugin's choice, or the native fallback
-    /// when the plugin fails or declines. `None` when no backend is left.
+    /// when the plugin fails or declines. `Ok(None)` when no backend is left; `Err` when
+    /// the plugin failed and the pool is fail-closed.
     pub fn choose(
         &self,
         header: &mut RequestHeader,
         client: Option<SocketAddr>,
         excluded: &[usize],
-    ) -> Option<Choice> {
+    ) -> Result<Option<Choice>, PluginError> {
         let started = Instant::now();
         let balancer = self.balancer.load_full();
         let from_plugin = TABLE.with(|cell| {
@@ -239,17 +243,26 @@ impl Pool {
         let (index, decision) = match from_plugin {
             Ok(Some(index)) => (Some(index), Decision::Plugin),
             Ok(None) => (self.fallback(excluded), Decision::Fallback),
+            Err(e) if self.on_plugin_failure == OnPluginFailure::Reject => {
+                tracing::warn!(pool = %self.name, error = %e, "plugin failed; the pool is fail-closed: 503");
+                return Err(e);
+            }
             Err(e) => {
-                tracing::warn!(pool = %self.name, error = %e, "plugin failed; request served by the round-robin fallback");
+                // A quarantine was logged once when it began; each skipped call is not.
+                if e.failure_kind() == Some(crate::plugin::FailureKind::Quarantined) {
+                    tracing::debug!(pool = %self.name, error = %e, "plugin quarantined; request served by the round-robin fallback");
+                } else {
+                    tracing::warn!(pool = %self.name, error = %e, "plugin failed; request served by the round-robin fallback");
+                }
                 (self.fallback(excluded), Decision::Fallback)
             }
         };
-        index.map(|index| Choice {
+        Ok(index.map(|index| Choice {
             index,
             balancer,
             decision,
             took: started.elapsed(),
-        })
+        }))
     }
 
     /// Native round-robin over the eligible backends.

@@ -13,8 +13,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use pingora::http::ResponseHeader;
 use pingora::prelude::HttpPeer;
-use pingora::proxy::{ProxyHttp, Session};
-use pingora::{Error, ErrorType, Result};
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::{Error, ErrorSource, ErrorType, Result};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -142,6 +142,8 @@ pub struct RequestCtx {
     excluded: Vec<usize>,
     decision: Option<Decision>,
     decision_time: Duration,
+    /// Body for an error response the proxy itself decided on.
+    error_body: Option<String>,
 }
 
 impl RequestCtx {
@@ -224,11 +226,25 @@ impl ProxyHttp for Switchyard {
             ));
         };
         let client = session.client_addr().and_then(|a| a.as_inet()).copied();
-        let Some(choice) = pool.choose(session.req_header_mut(), client, &ctx.excluded) else {
-            return Err(Error::explain(
-                ErrorType::HTTPStatus(502),
-                format!("pool {}: no backend left to try", pool.name),
-            ));
+        let choice = match pool.choose(session.req_header_mut(), client, &ctx.excluded) {
+            Ok(Some(choice)) => choice,
+            Ok(None) => {
+                ctx.error_body = Some(format!(
+                    "switchyard: pool {:?} has no backend left to try\n",
+                    pool.name
+                ));
+                return Err(Error::explain(
+                    ErrorType::HTTPStatus(502),
+                    format!("pool {}: no backend left to try", pool.name),
+                ));
+            }
+            Err(e) => {
+                ctx.error_body = Some(format!(
+                    "switchyard: pool {:?} is unavailable: its balancer plugin failed, and the pool is set to reject rather than fall back\n",
+                    pool.name
+                ));
+                return Err(Error::explain(ErrorType::HTTPStatus(503), e.to_string()));
+            }
         };
         let backend = &pool.backends[choice.index];
         pool.begin(choice.index);
@@ -277,6 +293,43 @@ impl ProxyHttp for Switchyard {
             a.time_to_header = Some(a.started.elapsed());
         }
         Ok(())
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
+        let code = match e.etype() {
+            ErrorType::HTTPStatus(code) => *code,
+            _ => match e.esource() {
+                ErrorSource::Upstream => 502,
+                ErrorSource::Downstream => match e.etype() {
+                    // The client is gone: nothing to answer.
+                    ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
+                    _ => 400,
+                },
+                ErrorSource::Internal | ErrorSource::Unset => 500,
+            },
+        };
+        if code > 0 {
+            let written = match ctx.error_body.take() {
+                Some(body) => {
+                    session
+                        .respond_error_with_body(code, Bytes::from(body))
+                        .await
+                }
+                None => session.respond_error(code).await,
+            };
+            if let Err(e) = written {
+                tracing::debug!(error = %e, "could not send the error response");
+            }
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {

@@ -97,11 +97,7 @@ pub fn build_runtime(
         let Some(plugin) = load(&pool.balancer, WorldKind::Balancer, &at, &mut errors) else {
             continue;
         };
-        match PoolBalancer::new(
-            plugin,
-            pool.balancer_config.clone(),
-            config.plugins.limits.clone(),
-        ) {
+        match PoolBalancer::new(plugin, pool.balancer_config.clone(), pool.limits.clone()) {
             Ok(balancer) => {
                 let new = Pool::new(pool, balancer);
                 if let Some(old) =

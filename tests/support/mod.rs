@@ -76,6 +76,8 @@ pub struct Proxy {
     child: Option<Child>,
     /// Extra lines of the `[proxy]` table.
     proxy_extra: String,
+    /// Extra environment of the proxy process.
+    env: Vec<(String, String)>,
     pub addr: SocketAddr,
     pub dir: tempfile::TempDir,
     log: PathBuf,
@@ -91,6 +93,16 @@ impl Proxy {
 
     /// Like [`Proxy::start`], with `proxy_extra` lines added to the `[proxy]` table.
     pub fn start_with(proxy_extra: &str, body: &str, plugins: &[(&str, PathBuf)]) -> Proxy {
+        Proxy::start_env(proxy_extra, body, plugins, &[])
+    }
+
+    /// Like [`Proxy::start_with`], with extra environment variables for the process.
+    pub fn start_env(
+        proxy_extra: &str,
+        body: &str,
+        plugins: &[(&str, PathBuf)],
+        env: &[(&str, &str)],
+    ) -> Proxy {
         let dir = tempfile::tempdir().unwrap();
         let plugin_dir = dir.path().join("plugins");
         std::fs::create_dir_all(&plugin_dir).unwrap();
@@ -102,6 +114,10 @@ impl Proxy {
         let mut proxy = Proxy {
             child: None,
             proxy_extra: proxy_extra.to_owned(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             addr,
             dir,
             log,
@@ -144,6 +160,7 @@ impl Proxy {
             .args(["run", "--config"])
             .arg(self.config_path())
             .env("RUST_LOG", "info")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -188,6 +205,17 @@ impl Proxy {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// Resident memory of the proxy process, in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let pid = self.child.as_ref().map_or(0, Child::id);
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
     }
 
     /// Everything the proxy logged so far.
@@ -302,12 +330,22 @@ pub struct LoadResult {
     pub failures: Vec<String>,
     /// Requests sent.
     pub total: usize,
+    /// Time of each successful request.
+    pub latencies: Vec<Duration>,
 }
 
 impl LoadResult {
     pub fn count(&self, backend: &str) -> usize {
         self.by_backend.get(backend).copied().unwrap_or(0)
     }
+    /// The `q` quantile (0–1) of request times.
+    pub fn quantile(&self, q: f64) -> Duration {
+        let mut sorted = self.latencies.clone();
+        sorted.sort();
+        let i = ((sorted.len() as f64 - 1.0) * q).round().max(0.0) as usize;
+        sorted.get(i).copied().unwrap_or_default()
+    }
+
     pub fn share(&self, backend: &str) -> f64 {
         self.count(backend) as f64 / self.total.max(1) as f64
     }
@@ -385,8 +423,10 @@ async fn drive(
                     && !stop.as_ref().is_some_and(|s| s.load(Ordering::Relaxed))
                 {
                     part.total += 1;
+                    let started = Instant::now();
                     match request(addr, &path, "localhost", &[]).await {
                         Ok(r) if r.status == 200 => {
+                            part.latencies.push(started.elapsed());
                             *part.by_backend.entry(r.backend().to_owned()).or_default() += 1
                         }
                         Ok(r) => part
@@ -404,6 +444,7 @@ async fn drive(
         let part = t.await.unwrap();
         result.total += part.total;
         result.failures.extend(part.failures);
+        result.latencies.extend(part.latencies);
         for (k, v) in part.by_backend {
             *result.by_backend.entry(k).or_default() += v;
         }

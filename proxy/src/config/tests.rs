@@ -29,13 +29,15 @@ fn outcome(file: &Path, text: &str) -> String {
             ));
             for p in &c.pools {
                 out.push_str(&format!(
-                    "pool {}: balancer {} at {}, config {:?}, connect_timeout {:?}, retries {}\n",
+                    "pool {}: balancer {} at {}, config {:?}, connect_timeout {:?}, retries {}, on_plugin_failure {:?}\n  limits {:?}\n",
                     p.name,
                     p.balancer,
                     p.balancer_at,
                     p.balancer_config,
                     p.connect_timeout,
-                    p.retries
+                    p.retries,
+                    p.on_plugin_failure,
+                    p.limits
                 ));
                 for b in &p.backends {
                     out.push_str(&format!("  backend {} weight {}\n", b.addr, b.weight));

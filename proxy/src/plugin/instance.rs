@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use wasmtime::Store;
 use wasmtime::component::Resource;
 
@@ -40,17 +40,23 @@ pub enum FailureKind {
     Instantiate,
     /// A router answered something unusable (bad status, unknown pool, huge body).
     BadReply,
+    /// Not called: the plugin is quarantined after repeated failures.
+    Quarantined,
+    /// Not called: the instance was busy (another call running long) for a whole budget.
+    Busy,
 }
 
 impl FailureKind {
     /// All kinds, in a fixed order.
-    pub const ALL: [FailureKind; 6] = [
+    pub const ALL: [FailureKind; 8] = [
         FailureKind::Trap,
         FailureKind::Timeout,
         FailureKind::OutOfRange,
         FailureKind::Unhealthy,
         FailureKind::Instantiate,
         FailureKind::BadReply,
+        FailureKind::Quarantined,
+        FailureKind::Busy,
     ];
 
     /// Stable lower-case name, for logs and metrics.
@@ -62,6 +68,8 @@ impl FailureKind {
             FailureKind::Unhealthy => "unhealthy_choice",
             FailureKind::Instantiate => "instantiate",
             FailureKind::BadReply => "bad_reply",
+            FailureKind::Quarantined => "quarantined",
+            FailureKind::Busy => "busy",
         }
     }
 }
@@ -163,6 +171,16 @@ impl World for Router {
     }
 }
 
+/// Failure record behind quarantines.
+#[derive(Debug)]
+struct Health {
+    recent: std::collections::VecDeque<Instant>,
+    until: Option<Instant>,
+    backoff: Duration,
+    last_error: Option<String>,
+    quarantines: u64,
+}
+
 struct Live<W> {
     store: Store<PluginState>,
     bindings: W,
@@ -178,7 +196,11 @@ pub struct PluginInstance<W> {
     plugin: Arc<LoadedPlugin>,
     config: Vec<(String, String)>,
     limits: PluginLimits,
-    live: Mutex<Option<Live<W>>>,
+    /// Where the instances' stdout and stderr go, rate-limited across instances.
+    output: super::output::PluginOutput,
+    /// Timed lock: a caller waits at most one call budget for a busy instance.
+    live: parking_lot::Mutex<Option<Live<W>>>,
+    health: Mutex<Health>,
     /// Call and failure counts.
     pub stats: CallStats,
 }
@@ -199,11 +221,20 @@ impl<W: World> PluginInstance<W> {
         config: Vec<(String, String)>,
         limits: PluginLimits,
     ) -> Result<Self, PluginError> {
+        let backoff = limits.quarantine_backoff;
         let balancer = PluginInstance {
+            output: super::output::PluginOutput::new(&plugin.name),
             plugin,
             config,
             limits,
-            live: Mutex::new(None),
+            live: parking_lot::Mutex::new(None),
+            health: Mutex::new(Health {
+                recent: std::collections::VecDeque::new(),
+                until: None,
+                backoff,
+                last_error: None,
+                quarantines: 0,
+            }),
             stats: CallStats::default(),
         };
         let live = balancer.instantiate()?;
@@ -216,14 +247,14 @@ impl<W: World> PluginInstance<W> {
         &self.plugin
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Live<W>>> {
-        self.live.lock().unwrap_or_else(PoisonError::into_inner)
+    fn lock(&self) -> parking_lot::MutexGuard<'_, Option<Live<W>>> {
+        self.live.lock()
     }
 
     fn instantiate(&self) -> Result<Live<W>, PluginError> {
         let mut store = Store::new(
             self.plugin.engine.engine(),
-            PluginState::new(&self.plugin.name, self.limits.memory_bytes),
+            PluginState::new(&self.output, self.limits.memory_bytes),
         );
         store.limiter(|state| &mut state.limits);
         store.epoch_deadline_trap();
@@ -268,16 +299,113 @@ impl<W: World> PluginInstance<W> {
         }
     }
 
-    /// Runs `call` on the live instance (making one if needed) under the call deadline.
-    /// On failure the instance is discarded and the failure counted.
+    /// Runs `call` unless the plugin is quarantined, and keeps the failure record that
+    /// decides quarantines.
     fn with_instance<R>(
         &self,
         call: &'static str,
         request: Option<(&mut RequestHeader, Option<SocketAddr>)>,
         f: impl FnOnce(&W, &mut Store<PluginState>) -> wasmtime::Result<R>,
     ) -> Result<R, PluginError> {
+        if let Some(detail) = self.quarantined_for() {
+            self.stats.record_failure(FailureKind::Quarantined);
+            return Err(PluginError::Call {
+                name: self.plugin.name.clone(),
+                call,
+                kind: FailureKind::Quarantined,
+                detail,
+            });
+        }
+        let result = self.call_instance(call, request, f);
+        match &result {
+            // Only a decision proves the plugin healthy again; feedback calls do not.
+            Ok(_) if call != "on-response" => self.note_success(),
+            Ok(_) => {}
+            Err(e) => self.note_failure(e),
+        }
+        result
+    }
+
+    /// `Some(why)` while quarantined.
+    fn quarantined_for(&self) -> Option<String> {
+        let health = self.health.lock().unwrap_or_else(PoisonError::into_inner);
+        let until = health.until?;
+        let now = Instant::now();
+        (until > now).then(|| {
+            format!(
+                "quarantined for {} more after repeated failures; last error: {}",
+                human(until - now),
+                health.last_error.as_deref().unwrap_or("-")
+            )
+        })
+    }
+
+    fn note_success(&self) {
+        let mut health = self.health.lock().unwrap_or_else(PoisonError::into_inner);
+        if health.until.is_some() {
+            // The call after a quarantine succeeded: back to normal.
+            tracing::info!(plugin = %self.plugin.name, "plugin left quarantine");
+            health.until = None;
+            health.backoff = self.limits.quarantine_backoff;
+        }
+    }
+
+    /// Records a failure; quarantines the plugin after `quarantine_after` of them within
+    /// `quarantine_window`, or at once when the first call after a quarantine fails.
+    pub(crate) fn note_failure(&self, error: &PluginError) {
+        let mut health = self.health.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = Instant::now();
+        health.last_error = Some(error.to_string());
+        if self.limits.quarantine_after == 0 {
+            return;
+        }
+        let window = self.limits.quarantine_window;
+        health.recent.retain(|t| now.duration_since(*t) < window);
+        health.recent.push_back(now);
+        let on_probation = health.until.is_some();
+        if on_probation || health.recent.len() >= self.limits.quarantine_after as usize {
+            let backoff = health.backoff;
+            health.until = Some(now + backoff);
+            health.backoff = (backoff * 2).min(self.limits.quarantine_max);
+            health.recent.clear();
+            health.quarantines += 1;
+            tracing::warn!(plugin = %self.plugin.name, for_ = %human(backoff), error = %error, "plugin quarantined: its pools use the fallback until it is retried");
+        }
+    }
+
+    /// Whether the plugin is quarantined now, and its last error.
+    pub fn quarantine_state(&self) -> (bool, Option<String>) {
+        let health = self.health.lock().unwrap_or_else(PoisonError::into_inner);
+        (
+            health.until.is_some_and(|u| u > Instant::now()),
+            health.last_error.clone(),
+        )
+    }
+
+    /// Runs `call` on the live instance (making one if needed) under the call deadline.
+    /// On failure the instance is discarded and the failure counted.
+    fn call_instance<R>(
+        &self,
+        call: &'static str,
+        request: Option<(&mut RequestHeader, Option<SocketAddr>)>,
+        f: impl FnOnce(&W, &mut Store<PluginState>) -> wasmtime::Result<R>,
+    ) -> Result<R, PluginError> {
         self.stats.calls.fetch_add(1, Ordering::Relaxed);
-        let mut slot = self.lock();
+        // A plugin that runs to its deadline holds the instance that long; rather than
+        // queue behind it (8 waiting requests would wait 8 budgets), a request waits at
+        // most one budget and then takes the fallback.
+        let Some(mut slot) = self.live.try_lock_for(self.limits.call_timeout) else {
+            self.stats.record_failure(FailureKind::Busy);
+            return Err(PluginError::Call {
+                name: self.plugin.name.clone(),
+                call,
+                kind: FailureKind::Busy,
+                detail: format!(
+                    "the instance stayed busy for the whole {} budget",
+                    human(self.limits.call_timeout)
+                ),
+            });
+        };
         if slot.is_none() {
             match self.instantiate() {
                 Ok(live) => *slot = Some(live),
@@ -337,12 +465,14 @@ impl PluginInstance<Balancer> {
         let count = backends.len() / crate::pool::BACKEND_STRIDE;
         let invalid = |kind, detail| {
             self.stats.record_failure(kind);
-            Err(PluginError::Call {
+            let error = PluginError::Call {
                 name: self.plugin.name.clone(),
                 call: "select",
                 kind,
                 detail,
-            })
+            };
+            self.note_failure(&error);
+            Err(error)
         };
         if index >= count {
             return invalid(
@@ -368,6 +498,10 @@ impl PluginInstance<Balancer> {
     ) -> Result<(), PluginError> {
         let backend = u32::try_from(backend).unwrap_or(u32::MAX);
         let latency_us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+        // A quarantined plugin is not fed either: it is not asked, and not counted.
+        if self.quarantined_for().is_some() {
+            return Ok(());
+        }
         self.with_instance("on-response", None, |b, store| {
             b.call_on_response(store, backend, status, latency_us)
         })
@@ -423,12 +557,14 @@ impl PluginInstance<Router> {
     /// Counts and describes an unusable answer.
     pub fn bad_reply(&self, detail: String) -> PluginError {
         self.stats.record_failure(FailureKind::BadReply);
-        PluginError::Call {
+        let error = PluginError::Call {
             name: self.plugin.name.clone(),
             call: "route",
             kind: FailureKind::BadReply,
             detail,
-        }
+        };
+        self.note_failure(&error);
+        error
     }
 }
 
@@ -449,7 +585,9 @@ fn guarded<R>(f: impl FnOnce() -> wasmtime::Result<R>) -> wasmtime::Result<R> {
 }
 
 fn human(d: Duration) -> String {
-    if d.as_micros() < 1000 {
+    if d.subsec_nanos() == 0 && d.as_secs() > 0 {
+        format!("{}s", d.as_secs())
+    } else if d.as_micros() < 1000 {
         format!("{}µs", d.as_micros())
     } else if d.as_millis() < 10_000 {
         format!("{}ms", d.as_millis())

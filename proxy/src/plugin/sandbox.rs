@@ -117,10 +117,11 @@ impl std::fmt::Debug for PluginState {
 }
 
 impl PluginState {
-    /// Fresh state for one instance of `plugin`: no files, no environment, no
+    /// Fresh state for one instance: no files, no environment, no
     /// arguments, no sockets; stdout and stderr go to the log.
-    pub fn new(plugin: &str, memory_bytes: u64) -> Self {
-        let output = PluginOutput::new(plugin);
+    /// `output` is shared by all instances of one plugin use, so its rate limit holds
+    /// across the fresh instances that replace trapped ones.
+    pub fn new(output: &PluginOutput, memory_bytes: u64) -> Self {
         let wasi = WasiCtx::builder()
             .stdout(output.stream("stdout"))
             .stderr(output.stream("stderr"))
