@@ -2,19 +2,7 @@
 
 mod support;
 
-use std::process::Command;
-
-fn switchyard(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_switchyard"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+use support::switchyard;
 
 #[test]
 fn check_reports_a_typo_a_missing_plugin_and_a_bad_address_together() {

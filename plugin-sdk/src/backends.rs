@@ -1,5 +1,7 @@
 //! Typed view of the flat backend table the host passes to `select`.
 
+use crate::Rng;
+
 /// Number of `u32` values per backend in the table (see `wit/plugin.wit`).
 pub const BACKEND_STRIDE: usize = 5;
 /// Bit of the flags field set when the backend may be chosen for this request.
@@ -89,6 +91,33 @@ impl<'a> Backends<'a> {
     }
 }
 
+/// Candidates of a power-of-two-choices pick.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Candidates {
+    /// No backend is healthy.
+    None,
+    /// Exactly one is: no choice to make.
+    One(Backend),
+    /// Two distinct healthy backends, drawn uniformly.
+    Two(Backend, Backend),
+}
+
+impl Backends<'_> {
+    /// Two distinct healthy backends for power of two choices; the second is drawn
+    /// from the n − 1 others (see [`Rng::two_distinct`]).
+    pub fn two_healthy(&self, rng: &mut Rng) -> Candidates {
+        let n = self.healthy_count();
+        let nth = |k: usize| self.healthy().nth(k);
+        match rng.two_distinct(n) {
+            Some((x, y)) => match (nth(x), nth(y)) {
+                (Some(a), Some(b)) => Candidates::Two(a, b),
+                _ => Candidates::None,
+            },
+            None => nth(0).map_or(Candidates::None, Candidates::One),
+        }
+    }
+}
+
 /// Builds a raw table; for plugin unit tests that run on the host.
 pub fn table(backends: &[Backend]) -> Vec<u32> {
     let mut raw = Vec::with_capacity(backends.len() * BACKEND_STRIDE);
@@ -143,6 +172,31 @@ mod tests {
         assert_eq!(view.iter().collect::<Vec<_>>(), input);
         assert_eq!(view.healthy_count(), 1);
         assert!(view.is_healthy(0) && !view.is_healthy(1) && !view.is_healthy(2));
+    }
+
+    #[test]
+    fn two_healthy_draws_distinct_healthy_backends_only() {
+        let mut all: Vec<Backend> = (0..4).map(Backend::idle).collect();
+        all[1].healthy = false;
+        let raw = table(&all);
+        let view = Backends::new(&raw);
+        let mut rng = Rng::with_seed(5);
+        for _ in 0..200 {
+            match view.two_healthy(&mut rng) {
+                Candidates::Two(a, b) => assert!(a.index != b.index && a.healthy && b.healthy),
+                other => panic!("{other:?}"),
+            }
+        }
+        all[2].healthy = false;
+        all[3].healthy = false;
+        let raw = table(&all);
+        assert_eq!(
+            Backends::new(&raw).two_healthy(&mut rng),
+            Candidates::One(all[0])
+        );
+        all[0].healthy = false;
+        let raw = table(&all);
+        assert_eq!(Backends::new(&raw).two_healthy(&mut rng), Candidates::None);
     }
 
     #[test]

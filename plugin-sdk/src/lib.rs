@@ -56,7 +56,7 @@ mod backends;
 mod config;
 mod rng;
 
-pub use backends::{BACKEND_STRIDE, Backend, Backends, FLAG_HEALTHY, table};
+pub use backends::{BACKEND_STRIDE, Backend, Backends, Candidates, FLAG_HEALTHY, table};
 pub use config::Config;
 pub use rng::Rng;
 

@@ -96,11 +96,27 @@ async fn respond_decision(session: &mut Session, decision: RouteDecision) -> Res
     else {
         return Ok(false);
     };
+    respond(session, status, headers, body).await
+}
+
+/// Sends a whole response the proxy makes itself. A header given wrong (by a router
+/// plugin) is dropped, not fatal.
+async fn respond(
+    session: &mut Session,
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: String,
+) -> Result<bool> {
     let body = Bytes::from(body);
     let mut header = ResponseHeader::build(status, Some(headers.len() + 2))?;
+    let has_type = headers
+        .iter()
+        .any(|(name, _)| name.eq_ignore_ascii_case("content-type"));
     for (name, value) in headers {
-        // A header the plugin got wrong is dropped, not fatal.
         let _ = header.append_header(name, value);
+    }
+    if !has_type {
+        header.insert_header("content-type", "text/plain; charset=utf-8")?;
     }
     header.insert_header("content-length", body.len().to_string())?;
     session
@@ -158,18 +174,6 @@ impl RequestCtx {
     }
 }
 
-async fn respond_text(session: &mut Session, status: u16, text: String) -> Result<bool> {
-    let body = Bytes::from(text);
-    let mut header = ResponseHeader::build(status, Some(3))?;
-    header.insert_header("content-type", "text/plain; charset=utf-8")?;
-    header.insert_header("content-length", body.len().to_string())?;
-    session
-        .write_response_header(Box::new(header), false)
-        .await?;
-    session.write_response_body(Some(body), true).await?;
-    Ok(true)
-}
-
 #[async_trait]
 impl ProxyHttp for Switchyard {
     type CTX = RequestCtx;
@@ -195,7 +199,7 @@ impl ProxyHttp for Switchyard {
         let path = header.uri.path().to_owned();
         let Some(target) = runtime.router.route(&host, &path) else {
             let text = format!("switchyard: no route for host {host:?} and path {path:?}\n");
-            return respond_text(session, 404, text).await;
+            return respond(session, 404, Vec::new(), text).await;
         };
         let mut pool = target.pool;
         if let Some(slot) = target.router {

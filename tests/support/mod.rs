@@ -229,18 +229,10 @@ impl Proxy {
 
     /// Runs `switchyard ctl --socket <this proxy's socket> ARGS…`: (exit code, stdout, stderr).
     pub fn ctl(&self, args: &[&str]) -> (i32, String, String) {
-        let out = Command::new(env!("CARGO_BIN_EXE_switchyard"))
-            .arg("ctl")
-            .arg("--socket")
-            .arg(self.socket())
-            .args(args)
-            .output()
-            .unwrap();
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        let socket = self.socket().display().to_string();
+        let mut all = vec!["ctl", "--socket", &socket];
+        all.extend_from_slice(args);
+        switchyard(&all)
     }
 }
 
@@ -248,6 +240,19 @@ impl Drop for Proxy {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Runs the `switchyard` binary with `args`: (exit code, stdout, stderr).
+pub fn switchyard(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 /// Copies `from` over `to` atomically (write beside, then rename), as a deploy would.

@@ -24,7 +24,7 @@
 //! with no sample yet, default `"10ms"`), `failure_penalty` (default `"1s"`).
 
 use std::time::{Duration, Instant};
-use switchyard_plugin_sdk::{Backend, Backends, Balancer, Config, Request, Rng};
+use switchyard_plugin_sdk::{Backend, Backends, Balancer, Candidates, Config, Request, Rng};
 
 /// One backend's estimate.
 #[derive(Clone, Copy, Debug)]
@@ -62,7 +62,6 @@ pub struct PeakEwma {
     settings: Settings,
     estimates: Vec<Estimate>,
     rng: Rng,
-    healthy: Vec<usize>,
 }
 
 impl PeakEwma {
@@ -72,7 +71,6 @@ impl PeakEwma {
             settings,
             estimates: Vec::new(),
             rng,
-            healthy: Vec::new(),
         }
     }
 
@@ -133,13 +131,11 @@ impl PeakEwma {
     /// One pick at `now`; `None` when no backend is healthy.
     pub fn pick(&mut self, backends: &Backends<'_>, now: Instant) -> Option<usize> {
         self.ensure(backends.len(), now);
-        self.healthy.clear();
-        self.healthy.extend(backends.healthy().map(|b| b.index));
-        let Some((x, y)) = self.rng.two_distinct(self.healthy.len()) else {
-            return self.healthy.first().copied();
+        let (a, b) = match backends.two_healthy(&mut self.rng) {
+            Candidates::None => return None,
+            Candidates::One(only) => return Some(only.index),
+            Candidates::Two(a, b) => (a, b),
         };
-        let a = backends.get(self.healthy[x])?;
-        let b = backends.get(self.healthy[y])?;
         self.seed_from_host(&a, now);
         self.seed_from_host(&b, now);
         let (cost_a, cost_b) = (self.cost(&a, now), self.cost(&b, now));

@@ -13,7 +13,7 @@
 //! - `"2"`: power of two choices — compare two distinct random healthy backends, the
 //!   second drawn from the n − 1 others. O(1) per pick for large pools.
 
-use switchyard_plugin_sdk::{Backend, Backends, Balancer, Config, Request, Rng};
+use switchyard_plugin_sdk::{Backend, Backends, Balancer, Candidates, Config, Request, Rng};
 
 /// How many candidates a pick compares.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -31,7 +31,6 @@ pub struct LeastConn {
     /// Where the next full scan starts, so ties rotate.
     cursor: usize,
     rng: Rng,
-    healthy: Vec<usize>,
 }
 
 /// True when `a` carries strictly less load per unit of weight than `b`.
@@ -47,7 +46,6 @@ impl LeastConn {
             choices,
             cursor: 0,
             rng,
-            healthy: Vec::new(),
         }
     }
 
@@ -76,14 +74,11 @@ impl LeastConn {
     }
 
     fn two_choices(&mut self, backends: &Backends<'_>) -> Option<usize> {
-        self.healthy.clear();
-        self.healthy.extend(backends.healthy().map(|b| b.index));
-        let Some((x, y)) = self.rng.two_distinct(self.healthy.len()) else {
-            return self.healthy.first().copied();
-        };
-        let a = backends.get(self.healthy[x])?;
-        let b = backends.get(self.healthy[y])?;
-        Some(if lighter(&b, &a) { b.index } else { a.index })
+        match backends.two_healthy(&mut self.rng) {
+            Candidates::None => None,
+            Candidates::One(only) => Some(only.index),
+            Candidates::Two(a, b) => Some(if lighter(&b, &a) { b.index } else { a.index }),
+        }
     }
 }
 
