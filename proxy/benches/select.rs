@@ -8,7 +8,9 @@ use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use std::hint::black_box;
 use switchyard::config::PluginLimits;
 use switchyard::plugin::request::placeholder_header;
-use switchyard::plugin::{PluginEngine, PluginRegistry, PoolBalancer, WorldKind};
+use switchyard::plugin::{
+    Allocator, PluginEngine, PluginRegistry, PluginSource, PoolBalancer, WorldKind,
+};
 use switchyard::pool::{BACKEND_STRIDE, FLAG_HEALTHY};
 
 fn table(backends: usize) -> Vec<u32> {
@@ -46,5 +48,59 @@ fn select(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, select);
+/// Making a fresh instance (what happens after a trap): instantiate + `init`, with the
+/// on-demand and the pooling allocator; and compiling a plugin, cold and from the cache.
+fn instantiate(c: &mut Criterion) {
+    let mut group = c.benchmark_group("instantiate");
+    for (name, allocator) in [
+        ("on-demand", Allocator::OnDemand),
+        (
+            "pooling",
+            Allocator::Pooling {
+                instances: 64,
+                memory_bytes: 16 << 20,
+            },
+        ),
+    ] {
+        let engine = PluginEngine::with_allocator(allocator).unwrap();
+        let registry = PluginRegistry::new(engine, None, None).unwrap();
+        let plugin = registry.load("latency", WorldKind::Balancer).unwrap();
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                black_box(
+                    PoolBalancer::new(plugin.clone(), Vec::new(), PluginLimits::default()).unwrap(),
+                )
+            })
+        });
+    }
+    let cache = tempfile::tempdir().unwrap();
+    let bytes = switchyard::plugin::bundled::find("latency").unwrap();
+    let engine = PluginEngine::new().unwrap();
+    let cold = PluginRegistry::new(engine.clone(), None, None).unwrap();
+    group.sample_size(10);
+    group.bench_function("compile", |b| {
+        b.iter(|| {
+            black_box(
+                cold.load_bytes("latency", PluginSource::Bundled, bytes, WorldKind::Balancer)
+                    .unwrap(),
+            )
+        })
+    });
+    let cached = PluginRegistry::new(engine, None, Some(cache.path().to_owned())).unwrap();
+    cached
+        .load_bytes("latency", PluginSource::Bundled, bytes, WorldKind::Balancer)
+        .unwrap();
+    group.bench_function("cached-load", |b| {
+        b.iter(|| {
+            black_box(
+                cached
+                    .load_bytes("latency", PluginSource::Bundled, bytes, WorldKind::Balancer)
+                    .unwrap(),
+            )
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, select, instantiate);
 criterion_main!(benches);

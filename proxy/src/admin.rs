@@ -22,8 +22,7 @@ use tokio::net::UnixStream;
 
 use crate::control::Control;
 
-/// Longest request line accepted.
-pub const MAX_LINE: usize = 64 * 1024;
+pub use switchyard_parse::admin_protocol::{MAX_LINE, parse_request, words_to_request};
 /// A connection idle this long is closed.
 const IDLE: Duration = Duration::from_secs(60);
 
@@ -145,23 +144,9 @@ fn error_line(message: &str) -> String {
 }
 
 async fn answer(line: &[u8], control: &Arc<Control>) -> String {
-    let text = String::from_utf8_lossy(line);
-    let text = text.trim();
-    if text.is_empty() {
-        return error_line(
-            "empty request; send a JSON object like {\"cmd\":\"status\"} or words like `status`",
-        );
-    }
-    let request = if text.starts_with('{') {
-        match serde_json::from_str::<Value>(text) {
-            Ok(v) => v,
-            Err(e) => return error_line(&format!("malformed JSON: {e}")),
-        }
-    } else {
-        match words_to_request(&text.split_whitespace().collect::<Vec<_>>()) {
-            Ok(v) => v,
-            Err(e) => return error_line(&e),
-        }
+    let request = match parse_request(&String::from_utf8_lossy(line)) {
+        Ok(r) => r,
+        Err(e) => return error_line(&e),
     };
     // Reloads compile plugins: keep that work off this runtime so other admin clients
     // are still answered meanwhile.
@@ -179,28 +164,6 @@ async fn answer(line: &[u8], control: &Arc<Control>) -> String {
         }
     };
     format!("{reply}\n")
-}
-
-/// Turns `ctl` words into a protocol request: `reload lb` → `{"cmd":"reload","plugin":"lb"}`.
-pub fn words_to_request(words: &[&str]) -> Result<Value, String> {
-    let usage = "commands: status | plugins | backends [POOL] | reload [PLUGIN] | drain POOL ADDR | undrain POOL ADDR | weight POOL ADDR N | config reload";
-    let request = match words {
-        ["status"] => json!({ "cmd": "status" }),
-        ["plugins"] => json!({ "cmd": "plugins" }),
-        ["backends"] => json!({ "cmd": "backends" }),
-        ["backends", pool] => json!({ "cmd": "backends", "pool": pool }),
-        ["reload"] => json!({ "cmd": "reload" }),
-        ["reload", plugin] => json!({ "cmd": "reload", "plugin": plugin }),
-        ["drain", pool, addr] => json!({ "cmd": "drain", "pool": pool, "addr": addr }),
-        ["undrain", pool, addr] => json!({ "cmd": "undrain", "pool": pool, "addr": addr }),
-        ["weight", pool, addr, n] => {
-            json!({ "cmd": "weight", "pool": pool, "addr": addr, "weight": n })
-        }
-        ["config", "reload"] | ["config-reload"] => json!({ "cmd": "config-reload" }),
-        [] => return Err(format!("no command; {usage}")),
-        other => return Err(format!("unknown command `{}`; {usage}", other.join(" "))),
-    };
-    Ok(request)
 }
 
 /// Sends one request to the socket at `path` and returns the reply (blocking client

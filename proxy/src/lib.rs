@@ -6,7 +6,7 @@
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod admin;
-pub mod config;
+pub use switchyard_parse::config;
 pub mod control;
 pub mod ctl_format;
 pub mod demo_backend;

@@ -179,6 +179,8 @@ struct Health {
     backoff: Duration,
     last_error: Option<String>,
     quarantines: u64,
+    /// Last time a call ran out its budget (or waited one out).
+    last_slow: Option<Instant>,
 }
 
 struct Live<W> {
@@ -234,6 +236,7 @@ impl<W: World> PluginInstance<W> {
                 backoff,
                 last_error: None,
                 quarantines: 0,
+                last_slow: None,
             }),
             stats: CallStats::default(),
         };
@@ -356,6 +359,12 @@ impl<W: World> PluginInstance<W> {
         let mut health = self.health.lock().unwrap_or_else(PoisonError::into_inner);
         let now = Instant::now();
         health.last_error = Some(error.to_string());
+        if matches!(
+            error.failure_kind(),
+            Some(FailureKind::Timeout | FailureKind::Busy)
+        ) {
+            health.last_slow = Some(now);
+        }
         if self.limits.quarantine_after == 0 {
             return;
         }
@@ -371,6 +380,15 @@ impl<W: World> PluginInstance<W> {
             health.quarantines += 1;
             tracing::warn!(plugin = %self.plugin.name, for_ = %human(backoff), error = %error, "plugin quarantined: its pools use the fallback until it is retried");
         }
+    }
+
+    /// True when a call ran out its budget within the last quarantine window: the next
+    /// calls may too, so the caller should not hold up other work meanwhile.
+    pub fn is_slow(&self) -> bool {
+        let health = self.health.lock().unwrap_or_else(PoisonError::into_inner);
+        health
+            .last_slow
+            .is_some_and(|t| t.elapsed() < self.limits.quarantine_window)
     }
 
     /// Whether the plugin is quarantined now, and its last error.

@@ -15,7 +15,7 @@ pub mod sandbox;
 
 pub use instance::{FailureKind, PluginInstance, PoolBalancer, RouteDecision, RouterInstance};
 pub use registry::{LoadedPlugin, PluginRegistry, PluginSource};
-pub use sandbox::{PluginEngine, PluginState};
+pub use sandbox::{Allocator, PluginEngine, PluginState};
 
 /// Host-side bindings of `wit/plugin.wit`, world `balancer`.
 pub mod host_bindings {

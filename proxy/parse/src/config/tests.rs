@@ -57,7 +57,7 @@ fn outcome(file: &Path, text: &str) -> String {
 
 #[test]
 fn config_snapshots() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/configs");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/configs");
     let mut files: Vec<_> = std::fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().path())
