@@ -395,6 +395,26 @@ pub trait PluginCatalog {
     fn names(&self, dir: Option<&Path>) -> Vec<String>;
 }
 
+/// A catalog of fixed plugin names that ignores the plugins directory; for tests and
+/// fuzzing, where nothing should be read from disk.
+#[derive(Clone, Copy, Debug)]
+pub struct FixedCatalog(pub &'static [&'static str]);
+
+/// The names of the bundled balancers.
+pub const BUNDLED_NAMES: FixedCatalog = FixedCatalog(&["latency", "least-conn", "round-robin"]);
+
+impl PluginCatalog for FixedCatalog {
+    fn has_plugin(&self, name: &str, _dir: Option<&Path>) -> bool {
+        self.0.contains(&name)
+    }
+
+    fn names(&self, _dir: Option<&Path>) -> Vec<String> {
+        let mut names: Vec<String> = self.0.iter().map(|n| n.to_string()).collect();
+        names.sort();
+        names
+    }
+}
+
 /// Reads and validates `path`, reporting every problem found.
 pub fn load(path: &Path, catalog: &dyn PluginCatalog) -> Result<Config, ConfigErrors> {
     let text = std::fs::read_to_string(path).map_err(|source| {

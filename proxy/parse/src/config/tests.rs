@@ -4,20 +4,8 @@
 
 use super::*;
 
-/// The bundled plugin names; no plugins directory is consulted.
-struct Bundled;
-
-impl PluginCatalog for Bundled {
-    fn has_plugin(&self, name: &str, _dir: Option<&Path>) -> bool {
-        ["round-robin", "least-conn", "latency"].contains(&name)
-    }
-    fn names(&self, _dir: Option<&Path>) -> Vec<String> {
-        vec!["latency".into(), "least-conn".into(), "round-robin".into()]
-    }
-}
-
 fn outcome(file: &Path, text: &str) -> String {
-    match parse(text, file, &Bundled) {
+    match parse(text, file, &BUNDLED_NAMES) {
         Ok(c) => {
             let mut out = format!(
                 "ok: listen {:?}, threads {}\n",
