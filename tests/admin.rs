@@ -364,3 +364,32 @@ async fn a_restart_with_unchanged_plugins_compiles_nothing() {
     assert_eq!(json(&proxy, &["plugins"])["plugins"][0]["cache"], "hit");
     assert_eq!(get(proxy.addr, "/").await.status, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sighup_reloads_the_configuration_like_nginx() {
+    let b = backends(&[0, 0]).await;
+    let pool = |addr| {
+        format!(
+            "[[pools]]\nname = \"web\"\nbalancer = \"round-robin\"\nbackends = [{{ addr = \"{addr}\" }}]\n"
+        )
+    };
+    let mut proxy = Proxy::start(&pool(b[0].addr), &[]);
+    assert_eq!(get(proxy.addr, "/").await.backend(), "b0");
+    proxy.write_config(&pool(b[1].addr));
+    let sent = std::process::Command::new("kill")
+        .args(["-HUP", &proxy.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let mut served_by = String::new();
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        served_by = get(proxy.addr, "/").await.backend().to_owned();
+        if served_by == "b1" {
+            break;
+        }
+    }
+    assert_eq!(served_by, "b1", "SIGHUP did not reload:\n{}", proxy.log());
+    assert!(proxy.alive(), "SIGHUP must not end the proxy");
+    assert!(proxy.log().contains("SIGHUP: reloading the configuration"));
+}

@@ -59,7 +59,7 @@ impl Drop for AdminHandle {
 
 /// Opens the socket at `path` and serves it on a thread of its own.
 pub fn start(control: Arc<Control>, path: &Path) -> Result<AdminHandle, AdminError> {
-    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     let io = |source| AdminError::Io {
         path: path.to_owned(),
         source,
@@ -76,17 +76,36 @@ pub fn start(control: Arc<Control>, path: &Path) -> Result<AdminHandle, AdminErr
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(io)?;
     }
-    let listener = std::os::unix::net::UnixListener::bind(path).map_err(io)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
+    // Bind inside a private (0700) directory beside the target, make the socket 0600,
+    // then move it into place: at no moment can another user reach it.
+    let private = path.with_file_name(format!(".switchyard-admin-{}", std::process::id()));
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&private)
+        .map_err(io)?;
+    let staged = private.join("admin.sock");
+    let bound = std::os::unix::net::UnixListener::bind(&staged)
+        .and_then(|l| {
+            std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o600)).map(|()| l)
+        })
+        .and_then(|l| std::fs::rename(&staged, path).map(|()| l));
+    let _ = std::fs::remove_dir(&private);
+    let listener = bound.map_err(io)?;
     listener.set_nonblocking(true).map_err(io)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(io)?;
+    // SIGHUP reloads the configuration, as for nginx. Registered before start-up
+    // finishes: unhandled, SIGHUP would end the process.
+    let hangup = runtime
+        .block_on(async { tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) })
+        .map_err(io)?;
     std::thread::Builder::new()
         .name("switchyard-admin".into())
         .spawn(move || {
             runtime.block_on(async move {
+                tokio::spawn(reload_on_hangup(hangup, Arc::clone(&control)));
                 let listener = match tokio::net::UnixListener::from_std(listener) {
                     Ok(l) => l,
                     Err(e) => {
@@ -112,6 +131,15 @@ pub fn start(control: Arc<Control>, path: &Path) -> Result<AdminHandle, AdminErr
     Ok(AdminHandle {
         path: path.to_owned(),
     })
+}
+
+async fn reload_on_hangup(mut hangup: tokio::signal::unix::Signal, control: Arc<Control>) {
+    while hangup.recv().await.is_some() {
+        tracing::info!("SIGHUP: reloading the configuration");
+        let control = Arc::clone(&control);
+        // Errors are logged by reload_config itself.
+        let _ = tokio::task::spawn_blocking(move || control.reload_config()).await;
+    }
 }
 
 async fn serve(mut stream: UnixStream, control: Arc<Control>) {

@@ -207,6 +207,18 @@ impl Proxy {
         }
     }
 
+    /// Process id of the running proxy.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// True while the proxy process runs.
+    pub fn alive(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
     /// Resident memory of the proxy process, in KiB.
     pub fn rss_kib(&self) -> u64 {
         let pid = self.child.as_ref().map_or(0, Child::id);

@@ -443,6 +443,7 @@ impl<W: World> PluginInstance<W> {
         };
         live.store
             .set_epoch_deadline(PluginEngine::deadline_ticks(self.limits.call_timeout));
+        let started = Instant::now();
         let result = match request {
             Some((header, client)) => {
                 let state = live.store.data_mut();
@@ -456,6 +457,14 @@ impl<W: World> PluginInstance<W> {
         };
         result.map_err(|e| {
             *slot = None;
+            // A failure that took over half the budget (filling memory until it runs
+            // out, say) holds the thread like a timeout does.
+            if started.elapsed() * 2 > self.limits.call_timeout {
+                self.health
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .last_slow = Some(Instant::now());
+            }
             let error = self.call_error(call, e);
             if let Some(kind) = error.failure_kind() {
                 self.stats.record_failure(kind);
