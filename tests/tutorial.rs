@@ -77,7 +77,7 @@ async fn the_tutorial_plugin_is_built_dropped_in_reloaded_and_serves() {
     );
     assert!(
         report.contains("init:    ok")
-            && report.contains("select:  over 4 healthy backends chose backend"),
+            && report.contains("call:    select over 4 healthy backends chose backend"),
         "{report}"
     );
 

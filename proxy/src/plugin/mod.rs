@@ -149,8 +149,8 @@ impl PluginError {
     }
 }
 
-/// `switchyard plugin check`: loads `file` as a balancer, runs `init` with `config` and
-/// one `select` over four healthy backends, and describes what it found.
+/// `switchyard plugin check`: loads `file` as a balancer (or, failing that, as a
+/// router), runs `init` with `config` and one decision, and describes what it found.
 pub fn check_file(
     file: &std::path::Path,
     config: Vec<(String, String)>,
@@ -160,48 +160,65 @@ pub fn check_file(
         .and_then(|s| s.to_str())
         .unwrap_or("plugin")
         .to_owned();
+    let source_desc = file.display().to_string();
+    let engine_error = |e: wasmtime::Error| PluginError::Compile {
+        name: name.clone(),
+        source_desc: source_desc.clone(),
+        reason: e.to_string(),
+    };
     let bytes = std::fs::read(file).map_err(|source| PluginError::Read {
         name: name.clone(),
         path: file.to_owned(),
         source,
     })?;
-    let engine = PluginEngine::new().map_err(|e| PluginError::Compile {
-        name: name.clone(),
-        source_desc: file.display().to_string(),
-        reason: e.to_string(),
-    })?;
-    let registry = PluginRegistry::new(engine, None, None).map_err(|e| PluginError::Compile {
-        name: name.clone(),
-        source_desc: file.display().to_string(),
-        reason: e.to_string(),
-    })?;
-    let plugin = registry.load_bytes(
-        &name,
-        PluginSource::File(file.to_owned()),
-        &bytes,
-        WorldKind::Balancer,
-    )?;
+    let registry = PluginRegistry::new(PluginEngine::new().map_err(engine_error)?, None, None)
+        .map_err(engine_error)?;
+    let load =
+        |world| registry.load_bytes(&name, PluginSource::File(file.to_owned()), &bytes, world);
+    let (plugin, world) = match load(WorldKind::Balancer) {
+        Ok(p) => (p, WorldKind::Balancer),
+        // Not a balancer: perhaps a router; if not that either, report the balancer error.
+        Err(balancer_error @ PluginError::Link { .. }) => match load(WorldKind::Router) {
+            Ok(p) => (p, WorldKind::Router),
+            Err(_) => return Err(balancer_error),
+        },
+        Err(e) => return Err(e),
+    };
     let settings = config.len();
-    let balancer = PoolBalancer::new(
-        std::sync::Arc::clone(&plugin),
-        config,
-        crate::config::PluginLimits::default(),
-    )?;
-    let mut table = Vec::new();
-    for _ in 0..4 {
-        table.extend_from_slice(&[1, crate::pool::FLAG_HEALTHY, 0, 0, 0]);
-    }
+    let limits = crate::config::PluginLimits::default();
+    let mut header = request::placeholder_header();
     let started = std::time::Instant::now();
-    let choice = balancer.select(&mut request::placeholder_header(), None, &table)?;
-    let took = started.elapsed();
+    let (exports, decision) = match world {
+        WorldKind::Balancer => {
+            let balancer = PoolBalancer::new(std::sync::Arc::clone(&plugin), config, limits)?;
+            let mut table = Vec::new();
+            for _ in 0..4 {
+                table.extend_from_slice(&[1, crate::pool::FLAG_HEALTHY, 0, 0, 0]);
+            }
+            let choice = balancer.select(&mut header, None, &table)?;
+            let choice = choice.map_or("none (host fallback)".to_owned(), |i| {
+                format!("backend {i}")
+            });
+            (
+                "init, select, on-response",
+                format!("select over 4 healthy backends chose {choice}"),
+            )
+        }
+        WorldKind::Router => {
+            let router = RouterInstance::new(std::sync::Arc::clone(&plugin), config, limits)?;
+            let decision = router.route(&mut header, None)?;
+            (
+                "init, route",
+                format!("route for GET / decided {decision:?}"),
+            )
+        }
+    };
     Ok(format!(
-        "{}: ok\n  world:   balancer of switchyard:plugin@0.1.0 (exports init, select, on-response)\n  imports: only what the sandbox provides\n  sha256:  {}\n  size:    {} bytes\n  init:    ok with {settings} setting(s)\n  select:  over 4 healthy backends chose {} in {} µs",
+        "{}: ok\n  world:   {} of switchyard:plugin@0.1.0 (exports {exports})\n  imports: only what the sandbox provides\n  sha256:  {}\n  size:    {} bytes\n  init:    ok with {settings} setting(s)\n  call:    {decision} in {} µs",
         file.display(),
+        world.as_str(),
         plugin.sha256,
         bytes.len(),
-        choice.map_or("none (host fallback)".to_owned(), |i| format!(
-            "backend {i}"
-        )),
-        took.as_micros()
+        started.elapsed().as_micros()
     ))
 }
