@@ -10,15 +10,16 @@ fn check_reports_a_typo_a_missing_plugin_and_a_bad_address_together() {
     let path = dir.path().join("broken.toml");
     std::fs::write(
         &path,
+        // `check` binds and connects nothing: the addresses are only validated.
         r#"[proxy]
-listen = ["127.0.0.1:8080"]
+listen = ["127.0.0.1:0"]
 
 [[pools]]
 name = "web"
 balancer = "no-such-balancer"
 backends = [
-  { addr = "127.0.0.1:3001", wieght = 2 },
-  { addr = "127.0.0.1:99999" },
+  { addr = "127.0.0.1:9", wieght = 2 },
+  { addr = "backend:99999" },
 ]
 "#,
     )
@@ -29,7 +30,7 @@ backends = [
     let file = path.display().to_string();
     assert!(
         stderr.contains(&format!(
-            "{file}:8:30: unknown key `pools[0].backends[0].wieght`"
+            "{file}:8:27: unknown key `pools[0].backends[0].wieght`"
         )),
         "{stderr}"
     );
@@ -41,7 +42,7 @@ backends = [
     );
     assert!(
         stderr.contains(&format!(
-            "{file}:9:12: pools[0].backends[1].addr: \"127.0.0.1:99999\" is not a valid address"
+            "{file}:9:12: pools[0].backends[1].addr: \"backend:99999\" is not a valid address"
         )),
         "{stderr}"
     );
@@ -54,7 +55,7 @@ fn check_accepts_a_valid_file_and_loads_its_plugins() {
     let path = dir.path().join("ok.toml");
     std::fs::write(
         &path,
-        "[proxy]\nlisten = [\"127.0.0.1:8080\"]\n\n[[pools]]\nname = \"web\"\nbalancer = \"latency\"\nbalancer_config = { decay = \"5s\" }\nbackends = [{ addr = \"127.0.0.1:3001\" }]\n",
+        "[proxy]\nlisten = [\"127.0.0.1:0\"]\n\n[[pools]]\nname = \"web\"\nbalancer = \"latency\"\nbalancer_config = { decay = \"5s\" }\nbackends = [{ addr = \"127.0.0.1:9\" }]\n",
     )
     .unwrap();
     let (code, stdout, stderr) = switchyard(&["check", "--config", path.to_str().unwrap()]);
@@ -71,7 +72,7 @@ fn check_reports_a_plugin_that_rejects_its_configuration() {
     let path = dir.path().join("bad-init.toml");
     std::fs::write(
         &path,
-        "[proxy]\nlisten = [\"127.0.0.1:8080\"]\n\n[[pools]]\nname = \"web\"\nbalancer = \"least-conn\"\nbalancer_config = { choices = \"3\" }\nbackends = [{ addr = \"127.0.0.1:3001\" }]\n",
+        "[proxy]\nlisten = [\"127.0.0.1:0\"]\n\n[[pools]]\nname = \"web\"\nbalancer = \"least-conn\"\nbalancer_config = { choices = \"3\" }\nbackends = [{ addr = \"127.0.0.1:9\" }]\n",
     )
     .unwrap();
     let (code, _, stderr) = switchyard(&["check", "--config", path.to_str().unwrap()]);
