@@ -3,7 +3,8 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -13,6 +14,10 @@ use tokio::net::{TcpListener, TcpStream};
 pub struct BackendControl {
     /// Name sent in the body and the `x-backend` header.
     pub name: String,
+    /// Address it listens on.
+    pub addr: SocketAddr,
+    stopped: AtomicBool,
+    acceptor: Mutex<Option<tokio::task::JoinHandle<()>>>,
     delay_us: AtomicU64,
     status: AtomicU16,
     /// Requests answered.
@@ -56,14 +61,22 @@ pub async fn start(
     let local = listener.local_addr()?;
     let control = Arc::new(BackendControl {
         name: name.to_owned(),
+        addr: local,
         delay_us: AtomicU64::new(0),
         status: AtomicU16::new(200),
         served: AtomicU64::new(0),
         received: AtomicU64::new(0),
+        stopped: AtomicBool::new(false),
+        acceptor: Mutex::new(None),
     });
     control.set_delay(delay);
-    let shared = Arc::clone(&control);
-    tokio::spawn(async move {
+    accept_on(listener, &control);
+    Ok((local, control))
+}
+
+fn accept_on(listener: TcpListener, control: &Arc<BackendControl>) {
+    let shared = Arc::clone(control);
+    let task = tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
                 continue;
@@ -75,7 +88,34 @@ pub async fn start(
             });
         }
     });
-    Ok((local, control))
+    *control
+        .acceptor
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner) = Some(task);
+}
+
+impl BackendControl {
+    /// Stops the server as a crash would: the port is closed (connections are refused)
+    /// and open connections are closed before their next request.
+    pub fn stop(&self) {
+        self.stopped.store(true, Ordering::Relaxed);
+        if let Some(task) = self
+            .acceptor
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+        {
+            task.abort();
+        }
+    }
+
+    /// Starts a stopped server again on the same address.
+    pub async fn restart(self: &Arc<Self>) -> std::io::Result<()> {
+        let listener = TcpListener::bind(self.addr).await?;
+        self.stopped.store(false, Ordering::Relaxed);
+        accept_on(listener, self);
+        Ok(())
+    }
 }
 
 const MAX_HEAD: usize = 64 * 1024;
@@ -84,6 +124,9 @@ async fn serve(mut stream: TcpStream, control: &BackendControl) -> std::io::Resu
     stream.set_nodelay(true)?;
     let mut buf = Vec::with_capacity(4096);
     loop {
+        if control.stopped.load(Ordering::Relaxed) {
+            return Ok(());
+        }
         // Read one request head.
         let head_end = loop {
             if let Some(pos) = find(&buf, b"\r\n\r\n") {
@@ -113,6 +156,10 @@ async fn serve(mut stream: TcpStream, control: &BackendControl) -> std::io::Resu
             buf.extend_from_slice(&chunk[..n]);
         }
         buf.drain(..head_end + body_len);
+        // Stopped while this connection waited: close it unanswered, as a crash would.
+        if control.stopped.load(Ordering::Relaxed) {
+            return Ok(());
+        }
         control.received.fetch_add(1, Ordering::Relaxed);
 
         let delay = control.delay_us.load(Ordering::Relaxed);

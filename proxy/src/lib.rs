@@ -10,6 +10,7 @@ pub use switchyard_parse::config;
 pub mod control;
 pub mod ctl_format;
 pub mod demo_backend;
+pub mod health;
 pub mod plugin;
 pub mod pool;
 pub mod proxy;

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering}
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use crate::config::{OnPluginFailure, PoolConfig};
+use crate::config::{HealthCheck, OnPluginFailure, PoolConfig};
 use crate::plugin::{PluginError, PoolBalancer};
 
 /// `u32` values per backend in the table passed to `select` (see `wit/plugin.wit`).
@@ -53,7 +53,13 @@ pub struct Backend {
     /// Address requests are sent to.
     pub addr: SocketAddr,
     weight: AtomicU32,
+    /// Serves only while no primary is up.
+    pub backup: bool,
     draining: AtomicBool,
+    /// Health-check verdict; up until checks say otherwise.
+    up: AtomicBool,
+    /// Passes (positive) or failures (negative) in a row.
+    check_streak: Mutex<i32>,
     in_flight: AtomicU32,
     latency_us: AtomicU32,
     recent_failures: AtomicU32,
@@ -62,11 +68,14 @@ pub struct Backend {
 }
 
 impl Backend {
-    fn new(addr: SocketAddr, weight: u32) -> Self {
+    fn new(addr: SocketAddr, weight: u32, backup: bool) -> Self {
         Backend {
             addr,
             weight: AtomicU32::new(weight),
+            backup,
             draining: AtomicBool::new(false),
+            up: AtomicBool::new(true),
+            check_streak: Mutex::new(0),
             in_flight: AtomicU32::new(0),
             latency_us: AtomicU32::new(0),
             recent_failures: AtomicU32::new(0),
@@ -86,6 +95,11 @@ impl Backend {
     /// Changes the weight at run time (at least 1).
     pub fn set_weight(&self, weight: u32) {
         self.weight.store(weight.max(1), Ordering::Relaxed);
+    }
+
+    /// The health checks' verdict (always true without health checks).
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Relaxed)
     }
 
     /// True while draining: no new requests, in-flight ones finish.
@@ -128,6 +142,14 @@ fn off_the_worker_if<R>(slow: bool, f: impl FnOnce() -> R) -> R {
     }
 }
 
+/// Which backends a request may use (see [`Pool::tier`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Tier {
+    Primary,
+    Backup,
+    Any,
+}
+
 /// How a backend was picked.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Decision {
@@ -166,6 +188,8 @@ pub struct Pool {
     pub retries: u32,
     /// Fail-open (fallback) or fail-closed (503) when the balancer fails.
     pub on_plugin_failure: OnPluginFailure,
+    /// Active health checks, if configured.
+    pub health_check: Option<HealthCheck>,
     fallback_cursor: AtomicUsize,
 }
 
@@ -182,28 +206,58 @@ impl Pool {
             backends: config
                 .backends
                 .iter()
-                .map(|b| Backend::new(b.addr, b.weight))
+                .map(|b| Backend::new(b.addr, b.weight, b.backup))
                 .collect(),
             balancer: ArcSwap::from_pointee(balancer),
             connect_timeout: config.connect_timeout,
             retries: config.retries,
             on_plugin_failure: config.on_plugin_failure,
+            health_check: config.health_check.clone(),
             fallback_cursor: AtomicUsize::new(0),
         }
     }
 
-    /// Keeps draining the backends that were draining in `old` (same address), so a
-    /// configuration reload does not undo an operator's `drain`.
-    pub fn keep_draining_from(&self, old: &Pool) {
+    /// Carries over, per address, what `old` knew: a configuration reload must not undo
+    /// an operator's `drain`, nor bring a backend the health checks took down back up.
+    pub fn keep_state_from(&self, old: &Pool) {
         for b in &self.backends {
-            if old
-                .backends
-                .iter()
-                .any(|o| o.addr == b.addr && o.is_draining())
-            {
-                b.set_draining(true);
+            if let Some(o) = old.backends.iter().find(|o| o.addr == b.addr) {
+                b.set_draining(o.is_draining());
+                b.up.store(o.is_up(), Ordering::Relaxed);
             }
         }
+    }
+
+    /// Records a health check of backend `i`: `rise` passes in a row bring it up, `fall`
+    /// failures in a row take it down. Returns the new state when it changed.
+    pub fn record_check(&self, i: usize, passed: bool, detail: &str) -> Option<bool> {
+        let (hc, b) = (self.health_check.as_ref()?, self.backends.get(i)?);
+        let mut streak = b
+            .check_streak
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        *streak = match (*streak, passed) {
+            (n, true) if n >= 0 => n.saturating_add(1),
+            (_, true) => 1,
+            (n, false) if n <= 0 => n.saturating_sub(1),
+            (_, false) => -1,
+        };
+        let was_up = b.is_up();
+        let now_up = if was_up {
+            *streak > -(hc.fall as i32)
+        } else {
+            *streak >= hc.rise as i32
+        };
+        if now_up == was_up {
+            return None;
+        }
+        b.up.store(now_up, Ordering::Relaxed);
+        if now_up {
+            tracing::info!(pool = %self.name, backend = %b.addr, "backend up: health checks pass again");
+        } else {
+            tracing::warn!(pool = %self.name, backend = %b.addr, detail, "backend down: health checks fail");
+        }
+        Some(now_up)
     }
 
     /// The backend at `addr` (as written, e.g. `127.0.0.1:3001`).
@@ -211,9 +265,42 @@ impl Pool {
         self.backends.iter().find(|b| b.addr.to_string() == addr)
     }
 
+    /// Which backends may take this request: the primaries that are up; if none, the
+    /// backups that are up; if none either, every one not draining or excluded (a
+    /// request tried on a backend marked down beats a certain 502, as nginx does).
+    fn tier(&self, excluded: &[usize]) -> Tier {
+        let open = |i: usize, b: &Backend| !b.is_draining() && !excluded.contains(&i);
+        let up = |backup: bool| {
+            self.backends
+                .iter()
+                .enumerate()
+                .any(|(i, b)| open(i, b) && b.is_up() && b.backup == backup)
+        };
+        if up(false) {
+            Tier::Primary
+        } else if up(true) {
+            Tier::Backup
+        } else {
+            Tier::Any
+        }
+    }
+
+    /// Whether backend `i` may take this request, in `tier`.
+    fn eligible_in(&self, tier: Tier, i: usize, excluded: &[usize]) -> bool {
+        let Some(b) = self.backends.get(i) else {
+            return false;
+        };
+        let open = !b.is_draining() && !excluded.contains(&i);
+        open && match tier {
+            Tier::Primary => b.is_up() && !b.backup,
+            Tier::Backup => b.is_up() && b.backup,
+            Tier::Any => true,
+        }
+    }
+
     /// Whether backend `i` may take this request.
     fn eligible(&self, i: usize, excluded: &[usize]) -> bool {
-        self.backends.get(i).is_some_and(|b| !b.is_draining()) && !excluded.contains(&i)
+        self.eligible_in(self.tier(excluded), i, excluded)
     }
 
     /// True when some backend other than those in `excluded` is left to try.
@@ -223,10 +310,11 @@ impl Pool {
 
     fn fill_table(&self, excluded: &[usize], table: &mut Vec<u32>) {
         table.clear();
+        let tier = self.tier(excluded);
         for (i, b) in self.backends.iter().enumerate() {
             table.extend_from_slice(&[
                 b.weight(),
-                if self.eligible(i, excluded) {
+                if self.eligible_in(tier, i, excluded) {
                     FLAG_HEALTHY
                 } else {
                     0
@@ -285,9 +373,10 @@ impl Pool {
     fn fallback(&self, excluded: &[usize]) -> Option<usize> {
         let n = self.backends.len();
         let start = self.fallback_cursor.fetch_add(1, Ordering::Relaxed);
+        let tier = self.tier(excluded);
         (0..n)
             .map(|k| (start + k) % n)
-            .find(|&i| self.eligible(i, excluded))
+            .find(|&i| self.eligible_in(tier, i, excluded))
     }
 
     /// Marks the start of a request on backend `i`.

@@ -103,7 +103,7 @@ pub fn build_runtime(
                 if let Some(old) =
                     previous.and_then(|r| r.pools.iter().find(|p| p.name == new.name))
                 {
-                    new.keep_draining_from(old);
+                    new.keep_state_from(old);
                 }
                 pools.push(Arc::new(new));
             }
@@ -170,6 +170,8 @@ pub fn run(config: Config) -> Result<(), StartError> {
         tracing::info!(pool = %pool.name, balancer = %plugin.name, source = %plugin.source, backends = pool.backends.len(), "pool ready");
     }
     let runtime = Arc::new(ArcSwap::from_pointee(runtime));
+    crate::health::start(Arc::clone(&runtime))
+        .map_err(|e| StartError::Engine(format!("cannot start the health checker: {e}")))?;
     let control = Arc::new(Control::new(config.clone(), engine, Arc::clone(&runtime)));
     let _admin = crate::admin::start(control, &config.admin.socket)
         .map_err(|e| StartError::Admin(e.to_string()))?;

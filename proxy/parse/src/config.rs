@@ -248,6 +248,8 @@ pub struct PoolConfig {
     pub on_plugin_failure: OnPluginFailure,
     /// Sandbox limits of this pool's balancer (`[plugins.limits]` with the pool's overrides).
     pub limits: PluginLimits,
+    /// Active health checks, if configured.
+    pub health_check: Option<HealthCheck>,
 }
 
 /// One backend of a pool.
@@ -257,6 +259,37 @@ pub struct BackendConfig {
     pub addr: SocketAddr,
     /// Relative share, at least 1.
     pub weight: u32,
+    /// Serves only while no primary backend is up.
+    pub backup: bool,
+}
+
+/// `health_check` of a pool: active checks of every backend.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HealthCheck {
+    /// HTTP request or bare TCP connect.
+    pub kind: HealthCheckKind,
+    /// Time between checks of one backend.
+    pub interval: Duration,
+    /// Time a check may take.
+    pub timeout: Duration,
+    /// Consecutive successes that bring a down backend up.
+    pub rise: u32,
+    /// Consecutive failures that take an up backend down.
+    pub fall: u32,
+}
+
+/// What a health check does.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HealthCheckKind {
+    /// `GET path`; a status in `expect` (inclusive range) passes.
+    Http {
+        /// Request path.
+        path: String,
+        /// Passing statuses, inclusive.
+        expect: (u16, u16),
+    },
+    /// A TCP connection that opens passes.
+    Tcp,
 }
 
 /// `[[routes]]`
@@ -349,12 +382,26 @@ struct RawPool {
     retries: Option<Spanned<i64>>,
     on_plugin_failure: Option<Spanned<String>>,
     limits: Option<RawLimits>,
+    health_check: Option<Spanned<RawHealthCheck>>,
 }
 
 #[derive(Deserialize)]
 struct RawBackend {
     addr: Spanned<String>,
     weight: Option<Spanned<i64>>,
+    #[serde(default)]
+    backup: bool,
+}
+
+#[derive(Deserialize)]
+struct RawHealthCheck {
+    kind: Option<Spanned<String>>,
+    path: Option<Spanned<String>>,
+    interval: Option<Spanned<String>>,
+    timeout: Option<Spanned<String>>,
+    rise: Option<Spanned<i64>>,
+    fall: Option<Spanned<i64>>,
+    expect_status: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -377,9 +424,10 @@ fn allowed_keys(parent: &str) -> &'static str {
             "call_timeout, init_timeout, memory, quarantine_after, quarantine_window, quarantine_backoff, quarantine_max"
         }
         "pools" => {
-            "name, balancer, balancer_config, backends, connect_timeout, retries, on_plugin_failure, limits"
+            "name, balancer, balancer_config, backends, connect_timeout, retries, on_plugin_failure, limits, health_check"
         }
-        "pools.backends" => "addr, weight",
+        "pools.backends" => "addr, weight, backup",
+        "pools.health_check" => "kind, path, interval, timeout, rise, fall, expect_status",
         "routes" => "host, path_prefix, pool, router, router_config",
         _ => "see the configuration reference in the README",
     }
@@ -837,7 +885,11 @@ impl Validator<'_> {
                 },
             };
             match (addr, weight) {
-                (Ok(addr), Some(weight)) => backends.push(BackendConfig { addr, weight }),
+                (Ok(addr), Some(weight)) => backends.push(BackendConfig {
+                    addr,
+                    weight,
+                    backup: b.backup,
+                }),
                 (Err(problem), _) => self.invalid(&b.addr, format!("{field}.addr"), problem),
                 _ => {}
             }
@@ -884,7 +936,12 @@ impl Validator<'_> {
             Some(l) => self.limits(l, &format!("pools[{i}].limits"), &plugins.limits),
             None => plugins.limits.clone(),
         };
+        let health_check = raw
+            .health_check
+            .as_ref()
+            .and_then(|h| self.health_check(h, &format!("pools[{i}].health_check")));
         Some(PoolConfig {
+            health_check,
             name,
             balancer,
             balancer_at: self.at(raw.balancer.span()),
@@ -894,6 +951,77 @@ impl Validator<'_> {
             retries,
             on_plugin_failure,
             limits,
+        })
+    }
+
+    fn health_check(&mut self, raw: &Spanned<RawHealthCheck>, field: &str) -> Option<HealthCheck> {
+        let h = raw.get_ref();
+        let interval = self.duration(
+            h.interval.as_ref(),
+            &format!("{field}.interval"),
+            Duration::from_secs(2),
+        );
+        let timeout = self.duration(
+            h.timeout.as_ref(),
+            &format!("{field}.timeout"),
+            Duration::from_secs(1),
+        );
+        let mut count = |v: Option<&Spanned<i64>>, key: &str, default: u32| match v {
+            None => default,
+            Some(n) => match u32::try_from(*n.get_ref()) {
+                Ok(n) if (1..=100).contains(&n) => n,
+                _ => {
+                    self.invalid(
+                        n,
+                        format!("{field}.{key}"),
+                        "must be a whole number from 1 to 100",
+                    );
+                    default
+                }
+            },
+        };
+        let rise = count(h.rise.as_ref(), "rise", 2);
+        let fall = count(h.fall.as_ref(), "fall", 3);
+        let kind = match h.kind.as_ref().map(|k| (k, k.get_ref().as_str())) {
+            None | Some((_, "http")) => {
+                let path = h
+                    .path
+                    .as_ref()
+                    .map_or("/".to_owned(), |p| p.get_ref().clone());
+                if let Some(p) = h.path.as_ref().filter(|p| !p.get_ref().starts_with('/')) {
+                    self.invalid(p, format!("{field}.path"), "must start with \"/\"");
+                }
+                let expect = match &h.expect_status {
+                    None => (200, 399),
+                    Some(e) => match parse_status_range(e.get_ref()) {
+                        Some(range) => range,
+                        None => {
+                            self.invalid(e, format!("{field}.expect_status"), format!("{:?}: write a status or an inclusive range, like \"200\" or \"200-399\"", e.get_ref()));
+                            (200, 399)
+                        }
+                    },
+                };
+                HealthCheckKind::Http { path, expect }
+            }
+            Some((_, "tcp")) => HealthCheckKind::Tcp,
+            Some((k, other)) => {
+                self.invalid(
+                    k,
+                    format!("{field}.kind"),
+                    format!("{other:?}: expected \"http\" or \"tcp\""),
+                );
+                return None;
+            }
+        };
+        if timeout > interval {
+            self.invalid(raw, field, "timeout must not be longer than interval");
+        }
+        Some(HealthCheck {
+            kind,
+            interval,
+            timeout,
+            rise,
+            fall,
         })
     }
 
@@ -1066,6 +1194,13 @@ fn resolve(text: &str) -> Result<SocketAddr, String> {
             .ok_or_else(|| format!("{text:?} resolves to no address")),
         Err(e) => Err(format!("{text:?} does not resolve ({e}); {hint}")),
     }
+}
+
+/// `"200"` or `"200-399"`.
+fn parse_status_range(text: &str) -> Option<(u16, u16)> {
+    let (low, high) = text.split_once('-').unwrap_or((text, text));
+    let (low, high): (u16, u16) = (low.trim().parse().ok()?, high.trim().parse().ok()?);
+    ((100..=599).contains(&low) && (low..=599).contains(&high)).then_some((low, high))
 }
 
 /// `"16MiB"`, `"512KiB"`, `"1GiB"` or a plain number of bytes.

@@ -17,7 +17,7 @@ fn outcome(file: &Path, text: &str) -> String {
             ));
             for p in &c.pools {
                 out.push_str(&format!(
-                    "pool {}: balancer {} at {}, config {:?}, connect_timeout {:?}, retries {}, on_plugin_failure {:?}\n  limits {:?}\n",
+                    "pool {}: balancer {} at {}, config {:?}, connect_timeout {:?}, retries {}, on_plugin_failure {:?}\n  limits {:?}\n  health_check {:?}\n",
                     p.name,
                     p.balancer,
                     p.balancer_at,
@@ -25,10 +25,14 @@ fn outcome(file: &Path, text: &str) -> String {
                     p.connect_timeout,
                     p.retries,
                     p.on_plugin_failure,
-                    p.limits
+                    p.limits,
+                    p.health_check
                 ));
                 for b in &p.backends {
-                    out.push_str(&format!("  backend {} weight {}\n", b.addr, b.weight));
+                    out.push_str(&format!(
+                        "  backend {} weight {} backup {}\n",
+                        b.addr, b.weight, b.backup
+                    ));
                 }
             }
             for r in &c.routes {
