@@ -89,3 +89,40 @@ async fn a_refused_connection_is_retried_on_another_backend_then_502() {
     let r = get(proxy.addr, "/down").await;
     assert_eq!(r.status, 502, "{r:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn backends_learn_the_client_through_x_forwarded_headers() {
+    let b = backends(&[0]).await;
+    let proxy = Proxy::start(
+        &format!(
+            "[[pools]]\nname = \"web\"\nbalancer = \"round-robin\"\nbackends = {}\n",
+            backends_toml(&b, &[])
+        ),
+        &[],
+    );
+    let r = get(proxy.addr, "/").await;
+    assert_eq!(
+        r.headers.get("x-seen-forwarded-for").map(String::as_str),
+        Some("127.0.0.1"),
+        "{r:?}"
+    );
+    assert_eq!(
+        r.headers.get("x-seen-forwarded-proto").map(String::as_str),
+        Some("http"),
+        "{r:?}"
+    );
+    // A client-sent chain is kept and the client appended, as nginx does.
+    let r = request(
+        proxy.addr,
+        "/",
+        "localhost",
+        &[("x-forwarded-for", "203.0.113.9")],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        r.headers.get("x-seen-forwarded-for").map(String::as_str),
+        Some("203.0.113.9, 127.0.0.1"),
+        "{r:?}"
+    );
+}

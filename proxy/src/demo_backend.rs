@@ -167,9 +167,16 @@ async fn serve(mut stream: TcpStream, control: &BackendControl) -> std::io::Resu
             tokio::time::sleep(Duration::from_micros(delay)).await;
         }
         let status = control.status.load(Ordering::Relaxed);
+        // Echo what a proxy in front added, so tests can see it.
+        let mut echoed = String::new();
+        for name in ["x-forwarded-for", "x-forwarded-proto"] {
+            if let Some(v) = header_value(&head, name) {
+                echoed.push_str(&format!("x-seen-{}: {v}\r\n", &name[2..]));
+            }
+        }
         let body = format!("{}\n", control.name);
         let response = format!(
-            "HTTP/1.1 {status} {}\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nx-backend: {}\r\n{}\r\n{body}",
+            "HTTP/1.1 {status} {}\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nx-backend: {}\r\n{echoed}{}\r\n{body}",
             if status < 400 { "OK" } else { "Error" },
             body.len(),
             control.name,
