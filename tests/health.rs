@@ -126,3 +126,56 @@ async fn backups_serve_only_while_no_primary_is_up() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_backend_failing_in_a_row_is_ejected_readmitted_and_the_ejected_share_is_capped() {
+    let b = backends(&[0, 0, 0]).await;
+    let proxy = Proxy::start(
+        &format!(
+            "[[pools]]\nname = \"web\"\nbalancer = \"round-robin\"\nbackends = {}\n\
+             outlier_detection = {{ consecutive_failures = 3, base_ejection = \"500ms\", max_ejection = \"10s\", max_ejected_percent = 34 }}\n",
+            backends_toml(&b, &[])
+        ),
+        &[],
+    );
+    b[0].control.set_status(500);
+    b[1].control.set_status(500);
+    for _ in 0..30 {
+        get(proxy.addr, "/").await;
+    }
+    let states = |p: &Proxy| {
+        let (_, stdout, _) = p.ctl(&["--json", "backends"]);
+        let reply: Value = serde_json::from_str(&stdout).unwrap();
+        reply["backends"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["state"].as_str().unwrap().to_owned())
+            .collect::<Vec<_>>()
+    };
+    let now = states(&proxy);
+    // Both fail, but 34 % of three backends allows one ejection at a time.
+    assert_eq!(now.iter().filter(|s| *s == "ejected").count(), 1, "{now:?}");
+    let ejected = now.iter().position(|s| s == "ejected").unwrap();
+    let before = b[ejected].control.received();
+    for _ in 0..10 {
+        get(proxy.addr, "/").await;
+    }
+    assert_eq!(
+        b[ejected].control.received(),
+        before,
+        "an ejected backend gets no requests"
+    );
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_ne!(
+        states(&proxy)[ejected],
+        "ejected",
+        "re-admitted after the ejection time"
+    );
+    b[0].control.set_status(200);
+    b[1].control.set_status(200);
+    for _ in 0..12 {
+        assert_eq!(get(proxy.addr, "/").await.status, 200);
+    }
+    assert!(proxy.log().contains("backend ejected by outlier detection"));
+}

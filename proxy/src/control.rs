@@ -196,7 +196,7 @@ impl Control {
                         "pool": p.name,
                         "addr": b.addr.to_string(),
                         "weight": b.weight(),
-                        "state": if b.is_draining() { "draining" } else if b.is_up() { "up" } else { "down" },
+                        "state": if b.is_draining() { "draining" } else if b.is_ejected() { "ejected" } else if b.is_up() { "up" } else { "down" },
                         "backup": b.backup,
                         "in_flight": b.in_flight(),
                         "latency_us": b.latency_us(),

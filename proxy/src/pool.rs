@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering}
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use crate::config::{HealthCheck, OnPluginFailure, PoolConfig};
+use crate::config::{HealthCheck, OnPluginFailure, OutlierDetection, PoolConfig};
 use crate::plugin::{PluginError, PoolBalancer};
 
 /// `u32` values per backend in the table passed to `select` (see `wit/plugin.wit`).
@@ -60,6 +60,8 @@ pub struct Backend {
     up: AtomicBool,
     /// Passes (positive) or failures (negative) in a row.
     check_streak: Mutex<i32>,
+    /// Outlier ejection: until when, and how many times so far.
+    ejection: Mutex<(Option<Instant>, u32)>,
     in_flight: AtomicU32,
     latency_us: AtomicU32,
     recent_failures: AtomicU32,
@@ -76,6 +78,7 @@ impl Backend {
             draining: AtomicBool::new(false),
             up: AtomicBool::new(true),
             check_streak: Mutex::new(0),
+            ejection: Mutex::new((None, 0)),
             in_flight: AtomicU32::new(0),
             latency_us: AtomicU32::new(0),
             recent_failures: AtomicU32::new(0),
@@ -97,9 +100,18 @@ impl Backend {
         self.weight.store(weight.max(1), Ordering::Relaxed);
     }
 
-    /// The health checks' verdict (always true without health checks).
+    /// Up by the health checks and not ejected by outlier detection.
     pub fn is_up(&self) -> bool {
-        self.up.load(Ordering::Relaxed)
+        self.up.load(Ordering::Relaxed) && !self.is_ejected()
+    }
+
+    /// True while outlier detection keeps the backend out.
+    pub fn is_ejected(&self) -> bool {
+        self.ejection
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .0
+            .is_some_and(|until| until > Instant::now())
     }
 
     /// True while draining: no new requests, in-flight ones finish.
@@ -190,6 +202,8 @@ pub struct Pool {
     pub on_plugin_failure: OnPluginFailure,
     /// Active health checks, if configured.
     pub health_check: Option<HealthCheck>,
+    /// Passive outlier detection, if configured.
+    pub outlier_detection: Option<OutlierDetection>,
     fallback_cursor: AtomicUsize,
 }
 
@@ -213,6 +227,7 @@ impl Pool {
             retries: config.retries,
             on_plugin_failure: config.on_plugin_failure,
             health_check: config.health_check.clone(),
+            outlier_detection: config.outlier_detection.clone(),
             fallback_cursor: AtomicUsize::new(0),
         }
     }
@@ -223,9 +238,33 @@ impl Pool {
         for b in &self.backends {
             if let Some(o) = old.backends.iter().find(|o| o.addr == b.addr) {
                 b.set_draining(o.is_draining());
-                b.up.store(o.is_up(), Ordering::Relaxed);
+                b.up.store(o.up.load(Ordering::Relaxed), Ordering::Relaxed);
             }
         }
+    }
+
+    /// Ejects backend `i` after `consecutive_failures` failures in a row, for
+    /// `base_ejection × 2^(earlier ejections)` up to `max_ejection`, unless that would
+    /// put more than `max_ejected_percent` of the pool out at once.
+    fn maybe_eject(&self, i: usize, streak: u32) {
+        let (Some(od), Some(b)) = (&self.outlier_detection, self.backends.get(i)) else {
+            return;
+        };
+        if streak < od.consecutive_failures || b.is_ejected() {
+            return;
+        }
+        let ejected = self.backends.iter().filter(|o| o.is_ejected()).count();
+        if (ejected + 1) * 100 > self.backends.len() * od.max_ejected_percent as usize {
+            return;
+        }
+        let mut ejection = b.ejection.lock().unwrap_or_else(PoisonError::into_inner);
+        let time = od
+            .base_ejection
+            .saturating_mul(1 << ejection.1.min(16))
+            .min(od.max_ejection);
+        *ejection = (Some(Instant::now() + time), ejection.1 + 1);
+        b.recent_failures.store(0, Ordering::Relaxed);
+        tracing::warn!(pool = %self.name, backend = %b.addr, failures = streak, for_ = ?time, "backend ejected by outlier detection");
     }
 
     /// Records a health check of backend `i`: `rise` passes in a row bring it up, `fall`
@@ -242,7 +281,7 @@ impl Pool {
             (n, false) if n <= 0 => n.saturating_sub(1),
             (_, false) => -1,
         };
-        let was_up = b.is_up();
+        let was_up = b.up.load(Ordering::Relaxed);
         let now_up = if was_up {
             *streak > -(hc.fall as i32)
         } else {
@@ -396,7 +435,8 @@ impl Pool {
         b.in_flight.fetch_sub(1, Ordering::Relaxed);
         b.served.fetch_add(1, Ordering::Relaxed);
         if status == 0 || status >= 500 {
-            b.recent_failures.fetch_add(1, Ordering::Relaxed);
+            let streak = b.recent_failures.fetch_add(1, Ordering::Relaxed) + 1;
+            self.maybe_eject(i, streak);
         } else {
             b.recent_failures.store(0, Ordering::Relaxed);
         }

@@ -250,6 +250,8 @@ pub struct PoolConfig {
     pub limits: PluginLimits,
     /// Active health checks, if configured.
     pub health_check: Option<HealthCheck>,
+    /// Passive outlier detection, if configured.
+    pub outlier_detection: Option<OutlierDetection>,
 }
 
 /// One backend of a pool.
@@ -276,6 +278,20 @@ pub struct HealthCheck {
     pub rise: u32,
     /// Consecutive failures that take an up backend down.
     pub fall: u32,
+}
+
+/// `outlier_detection` of a pool: eject a backend that fails in a row, for a time that
+/// doubles with each ejection (Envoy's consecutive-failures detector).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OutlierDetection {
+    /// Connection failures or 5xx in a row that eject a backend.
+    pub consecutive_failures: u32,
+    /// First ejection; doubled at each further ejection of the same backend.
+    pub base_ejection: Duration,
+    /// Longest ejection.
+    pub max_ejection: Duration,
+    /// At most this share of a pool's backends is ejected at once.
+    pub max_ejected_percent: u32,
 }
 
 /// What a health check does.
@@ -383,6 +399,7 @@ struct RawPool {
     on_plugin_failure: Option<Spanned<String>>,
     limits: Option<RawLimits>,
     health_check: Option<Spanned<RawHealthCheck>>,
+    outlier_detection: Option<Spanned<RawOutlier>>,
 }
 
 #[derive(Deserialize)]
@@ -391,6 +408,14 @@ struct RawBackend {
     weight: Option<Spanned<i64>>,
     #[serde(default)]
     backup: bool,
+}
+
+#[derive(Deserialize)]
+struct RawOutlier {
+    consecutive_failures: Option<Spanned<i64>>,
+    base_ejection: Option<Spanned<String>>,
+    max_ejection: Option<Spanned<String>>,
+    max_ejected_percent: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -424,10 +449,13 @@ fn allowed_keys(parent: &str) -> &'static str {
             "call_timeout, init_timeout, memory, quarantine_after, quarantine_window, quarantine_backoff, quarantine_max"
         }
         "pools" => {
-            "name, balancer, balancer_config, backends, connect_timeout, retries, on_plugin_failure, limits, health_check"
+            "name, balancer, balancer_config, backends, connect_timeout, retries, on_plugin_failure, limits, health_check, outlier_detection"
         }
         "pools.backends" => "addr, weight, backup",
         "pools.health_check" => "kind, path, interval, timeout, rise, fall, expect_status",
+        "pools.outlier_detection" => {
+            "consecutive_failures, base_ejection, max_ejection, max_ejected_percent"
+        }
         "routes" => "host, path_prefix, pool, router, router_config",
         _ => "see the configuration reference in the README",
     }
@@ -940,7 +968,12 @@ impl Validator<'_> {
             .health_check
             .as_ref()
             .and_then(|h| self.health_check(h, &format!("pools[{i}].health_check")));
+        let outlier_detection = raw
+            .outlier_detection
+            .as_ref()
+            .map(|o| self.outlier(o, &format!("pools[{i}].outlier_detection")));
         Some(PoolConfig {
+            outlier_detection,
             health_check,
             name,
             balancer,
@@ -952,6 +985,59 @@ impl Validator<'_> {
             on_plugin_failure,
             limits,
         })
+    }
+
+    fn outlier(&mut self, raw: &Spanned<RawOutlier>, field: &str) -> OutlierDetection {
+        let o = raw.get_ref();
+        let mut number = |v: Option<&Spanned<i64>>,
+                          key: &str,
+                          range: std::ops::RangeInclusive<u32>,
+                          default: u32| match v {
+            None => default,
+            Some(n) => match u32::try_from(*n.get_ref()) {
+                Ok(n) if range.contains(&n) => n,
+                _ => {
+                    self.invalid(
+                        n,
+                        format!("{field}.{key}"),
+                        format!(
+                            "must be a whole number from {} to {}",
+                            range.start(),
+                            range.end()
+                        ),
+                    );
+                    default
+                }
+            },
+        };
+        let consecutive_failures = number(
+            o.consecutive_failures.as_ref(),
+            "consecutive_failures",
+            1..=1000,
+            5,
+        );
+        let max_ejected_percent = number(
+            o.max_ejected_percent.as_ref(),
+            "max_ejected_percent",
+            0..=100,
+            50,
+        );
+        let base_ejection = self.duration(
+            o.base_ejection.as_ref(),
+            &format!("{field}.base_ejection"),
+            Duration::from_secs(30),
+        );
+        let max_ejection = self.duration(
+            o.max_ejection.as_ref(),
+            &format!("{field}.max_ejection"),
+            Duration::from_secs(300),
+        );
+        OutlierDetection {
+            consecutive_failures,
+            base_ejection,
+            max_ejection,
+            max_ejected_percent,
+        }
     }
 
     fn health_check(&mut self, raw: &Spanned<RawHealthCheck>, field: &str) -> Option<HealthCheck> {
