@@ -60,6 +60,19 @@ impl Control {
         }
     }
 
+    /// The running pools and routes.
+    pub fn runtime(&self) -> arc_swap::Guard<Arc<Runtime>> {
+        self.runtime.load()
+    }
+
+    /// Reloads so far: (succeeded, failed).
+    pub fn reload_counts(&self) -> (u64, u64) {
+        (
+            self.reloads_ok.load(Ordering::Relaxed),
+            self.reloads_failed.load(Ordering::Relaxed),
+        )
+    }
+
     fn count(&self, ok: bool) {
         let counter = if ok {
             &self.reloads_ok

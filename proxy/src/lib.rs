@@ -11,6 +11,7 @@ pub mod control;
 pub mod ctl_format;
 pub mod demo_backend;
 pub mod health;
+pub mod metrics;
 pub mod plugin;
 pub mod pool;
 pub mod proxy;

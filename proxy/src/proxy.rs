@@ -160,6 +160,8 @@ pub struct RequestCtx {
     decision_time: Duration,
     /// Body for an error response the proxy itself decided on.
     error_body: Option<String>,
+    /// When the request arrived, for the duration metric.
+    arrived: Option<Instant>,
 }
 
 impl RequestCtx {
@@ -183,6 +185,7 @@ impl ProxyHttp for Switchyard {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        ctx.arrived = Some(Instant::now());
         let runtime = self.runtime.load_full();
         if let Some(slot) = runtime.listener_router {
             match ask_router(&runtime, slot, session) {
@@ -273,14 +276,20 @@ impl ProxyHttp for Switchyard {
         ctx: &mut RequestCtx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        if let Some(a) = ctx.attempt.as_ref() {
-            ctx.excluded.push(a.backend);
+        let failed = ctx.attempt.as_ref().map(|a| a.backend);
+        if let Some(backend) = failed {
+            ctx.excluded.push(backend);
         }
         ctx.release(true);
         if let Some(pool) = &ctx.pool {
             let retries_used = ctx.excluded.len().saturating_sub(1);
-            if retries_used < pool.retries as usize && pool.has_candidate(&ctx.excluded) {
-                e.set_retry(true);
+            let retry = retries_used < pool.retries as usize && pool.has_candidate(&ctx.excluded);
+            e.set_retry(retry);
+            if let (Some(m), Some(b)) = (
+                crate::metrics::DATA_PATH.as_ref(),
+                failed.and_then(|i| pool.backends.get(i)),
+            ) {
+                m.connect_error(&pool.name, &b.addr.to_string(), retry);
             }
         }
         e
@@ -374,6 +383,16 @@ impl ProxyHttp for Switchyard {
             .and_then(|a| ctx.pool.as_ref().map(|p| p.backends[a.backend].addr));
         ctx.release(failed);
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        if let Some(m) = crate::metrics::DATA_PATH.as_ref() {
+            let pool = ctx.pool.as_ref().map_or("", |p| p.name.as_str());
+            let backend = backend.map_or(String::new(), |a| a.to_string());
+            m.request(
+                pool,
+                &backend,
+                status,
+                ctx.arrived.map_or(Duration::ZERO, |t| t.elapsed()),
+            );
+        }
         tracing::debug!(
             target: "switchyard::access",
             method = %session.req_header().method,

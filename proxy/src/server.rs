@@ -173,6 +173,10 @@ pub fn run(config: Config) -> Result<(), StartError> {
     crate::health::start(Arc::clone(&runtime))
         .map_err(|e| StartError::Engine(format!("cannot start the health checker: {e}")))?;
     let control = Arc::new(Control::new(config.clone(), engine, Arc::clone(&runtime)));
+    if let Some(addr) = config.metrics {
+        crate::metrics::start(addr, Arc::clone(&control))
+            .map_err(|e| StartError::Admin(format!("metrics listener {addr}: {e}")))?;
+    }
     let _admin = crate::admin::start(control, &config.admin.socket)
         .map_err(|e| StartError::Admin(e.to_string()))?;
 

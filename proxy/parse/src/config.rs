@@ -117,6 +117,8 @@ pub struct Config {
     pub plugins: PluginSettings,
     /// The admin socket.
     pub admin: AdminSettings,
+    /// Address of the Prometheus `/metrics` endpoint, if any.
+    pub metrics: Option<SocketAddr>,
     /// Backend pools, in file order.
     pub pools: Vec<PoolConfig>,
     /// Routes, in file order; empty means "everything to the only pool".
@@ -347,6 +349,7 @@ struct RawConfig {
     proxy: Option<Spanned<RawProxy>>,
     plugins: Option<RawPlugins>,
     admin: Option<RawAdmin>,
+    metrics: Option<RawMetrics>,
     #[serde(default)]
     pools: Vec<Spanned<RawPool>>,
     #[serde(default)]
@@ -363,6 +366,11 @@ struct RawProxy {
 
 /// `balancer_config` / `router_config`: scalars by key.
 type PluginTable = BTreeMap<String, Spanned<toml::Value>>;
+
+#[derive(Deserialize)]
+struct RawMetrics {
+    listen: Option<Spanned<String>>,
+}
 
 #[derive(Deserialize)]
 struct RawAdmin {
@@ -441,7 +449,8 @@ struct RawRoute {
 /// Keys allowed in each table, for the unknown-key hint.
 fn allowed_keys(parent: &str) -> &'static str {
     match parent {
-        "" => "proxy, plugins, admin, pools, routes",
+        "" => "proxy, plugins, admin, metrics, pools, routes",
+        "metrics" => "listen",
         "proxy" => "listen, threads, router, router_config",
         "plugins" => "dir, cache_dir, limits",
         "admin" => "socket",
@@ -663,6 +672,22 @@ impl Validator<'_> {
         let plugins = self.plugins(raw.plugins);
         let proxy = self.proxy(raw.proxy, &plugins, catalog);
         let base = self.file.parent().unwrap_or(Path::new("."));
+        let metrics = raw.metrics.and_then(|m| m.listen).and_then(|l| {
+            match l.get_ref().parse::<SocketAddr>() {
+                Ok(a) => Some(a),
+                Err(_) => {
+                    self.invalid(
+                        &l,
+                        "metrics.listen",
+                        format!(
+                            "{:?} is not an IP address with a port, like \"127.0.0.1:9100\"",
+                            l.get_ref()
+                        ),
+                    );
+                    None
+                }
+            }
+        });
         let admin = AdminSettings {
             socket: raw
                 .admin
@@ -713,6 +738,7 @@ impl Validator<'_> {
             proxy,
             plugins,
             admin,
+            metrics,
             pools,
             routes,
         }
