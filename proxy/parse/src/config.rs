@@ -20,7 +20,7 @@ use toml::de::{DeTable, DeValue};
 /// Time allowed to connect to a backend, unless a pool says otherwise.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Retries on another backend after a connection failure, unless a pool says otherwise.
-pub const DEFAULT_RETRIES: u32 = 1;
+pub const DEFAULT_RETRIES: u32 = 2;
 /// Wall-clock budget of one `select`/`on-response` call before it is interrupted. A
 /// call takes about a microsecond; the budget is wall time, so it also covers the
 /// thread being preempted on a busy host, which 1 ms did not always.
