@@ -209,7 +209,7 @@ impl Control {
                         "pool": p.name,
                         "addr": b.addr.to_string(),
                         "weight": b.weight(),
-                        "state": if b.is_draining() { "draining" } else if b.is_ejected() { "ejected" } else if b.is_up() { "up" } else { "down" },
+                        "state": b.state(),
                         "backup": b.backup,
                         "in_flight": b.in_flight(),
                         "latency_us": b.latency_us(),
@@ -246,9 +246,7 @@ impl Control {
             )
         })?;
         f(b);
-        Ok(
-            json!({ "pool": pool, "addr": addr, "weight": b.weight(), "state": if b.is_draining() { "draining" } else { "up" } }),
-        )
+        Ok(json!({ "pool": pool, "addr": addr, "weight": b.weight(), "state": b.state() }))
     }
 
     fn set_draining(&self, pool: &str, addr: &str, draining: bool) -> OpResult {

@@ -60,8 +60,11 @@ pub struct Backend {
     up: AtomicBool,
     /// Passes (positive) or failures (negative) in a row.
     check_streak: Mutex<i32>,
-    /// Outlier ejection: until when, and how many times so far.
-    ejection: Mutex<(Option<Instant>, u32)>,
+    /// End of the current outlier ejection, in ms since [`CLOCK_BASE`]; 0: never ejected.
+    /// An atomic, not a lock: it is read for every backend on every request.
+    ejected_until_ms: AtomicU64,
+    /// Ejections so far; each doubles the next one.
+    ejections: AtomicU32,
     in_flight: AtomicU32,
     latency_us: AtomicU32,
     recent_failures: AtomicU32,
@@ -78,7 +81,8 @@ impl Backend {
             draining: AtomicBool::new(false),
             up: AtomicBool::new(true),
             check_streak: Mutex::new(0),
-            ejection: Mutex::new((None, 0)),
+            ejected_until_ms: AtomicU64::new(0),
+            ejections: AtomicU32::new(0),
             in_flight: AtomicU32::new(0),
             latency_us: AtomicU32::new(0),
             recent_failures: AtomicU32::new(0),
@@ -107,11 +111,22 @@ impl Backend {
 
     /// True while outlier detection keeps the backend out.
     pub fn is_ejected(&self) -> bool {
-        self.ejection
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .0
-            .is_some_and(|until| until > Instant::now())
+        // Only a backend ever ejected pays for reading the clock.
+        let until = self.ejected_until_ms.load(Ordering::Relaxed);
+        until != 0 && until > millis_since_base(Instant::now())
+    }
+
+    /// `draining`, `ejected`, `down` or `up`, as the admin socket reports it.
+    pub fn state(&self) -> &'static str {
+        if self.is_draining() {
+            "draining"
+        } else if self.is_ejected() {
+            "ejected"
+        } else if self.is_up() {
+            "up"
+        } else {
+            "down"
+        }
     }
 
     /// True while draining: no new requests, in-flight ones finish.
@@ -152,6 +167,13 @@ fn off_the_worker_if<R>(slow: bool, f: impl FnOnce() -> R) -> R {
     } else {
         f()
     }
+}
+
+/// Origin of the millisecond clock the ejection deadlines are stored in.
+static CLOCK_BASE: once_cell::sync::Lazy<Instant> = once_cell::sync::Lazy::new(Instant::now);
+
+fn millis_since_base(t: Instant) -> u64 {
+    u64::try_from(t.saturating_duration_since(*CLOCK_BASE).as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Which backends a request may use (see [`Pool::tier`]).
@@ -257,12 +279,15 @@ impl Pool {
         if (ejected + 1) * 100 > self.backends.len() * od.max_ejected_percent as usize {
             return;
         }
-        let mut ejection = b.ejection.lock().unwrap_or_else(PoisonError::into_inner);
+        let earlier = b.ejections.fetch_add(1, Ordering::Relaxed);
         let time = od
             .base_ejection
-            .saturating_mul(1 << ejection.1.min(16))
+            .saturating_mul(1 << earlier.min(16))
             .min(od.max_ejection);
-        *ejection = (Some(Instant::now() + time), ejection.1 + 1);
+        b.ejected_until_ms.store(
+            millis_since_base(Instant::now() + time).max(1),
+            Ordering::Relaxed,
+        );
         b.recent_failures.store(0, Ordering::Relaxed);
         tracing::warn!(pool = %self.name, backend = %b.addr, failures = streak, for_ = ?time, "backend ejected by outlier detection");
     }
@@ -337,14 +362,10 @@ impl Pool {
         }
     }
 
-    /// Whether backend `i` may take this request.
-    fn eligible(&self, i: usize, excluded: &[usize]) -> bool {
-        self.eligible_in(self.tier(excluded), i, excluded)
-    }
-
     /// True when some backend other than those in `excluded` is left to try.
     pub fn has_candidate(&self, excluded: &[usize]) -> bool {
-        (0..self.backends.len()).any(|i| self.eligible(i, excluded))
+        let tier = self.tier(excluded);
+        (0..self.backends.len()).any(|i| self.eligible_in(tier, i, excluded))
     }
 
     fn fill_table(&self, excluded: &[usize], table: &mut Vec<u32>) {
