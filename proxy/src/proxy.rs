@@ -372,11 +372,11 @@ impl ProxyHttp for Switchyard {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        // Status and time to header are set together: no header means no answer.
         let failed = ctx
             .attempt
             .as_ref()
-            .is_some_and(|a| a.time_to_header.is_none())
-            || (e.is_some() && ctx.attempt.as_ref().is_some_and(|a| a.status == 0));
+            .is_some_and(|a| a.time_to_header.is_none());
         let backend = ctx
             .attempt
             .as_ref()
