@@ -1,17 +1,144 @@
 //! Cost of one plugin decision: `select` through the real host path (the flat backend
 //! table, the request handle, the epoch deadline, the per-pool lock) for each bundled
-//! balancer, at 16 and 4,096 backends.
+//! balancer, at 2, 16, 256 and 4,096 backends; `choose`, a whole pool decision (table
+//! filled from the backends' state, then `select`), against the native selector that
+//! asks no plugin; and what making and loading a plugin costs.
 //!
-//! Run: `cargo bench -p switchyard --bench select`
+//! Run: `cargo bench -p switchyard --bench select`. Before criterion starts, the bench
+//! prints heap allocations per call, counted by a wrapping global allocator.
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
+use std::sync::atomic::{AtomicU64, Ordering};
 use switchyard::config::PluginLimits;
 use switchyard::plugin::request::placeholder_header;
 use switchyard::plugin::{
     Allocator, PluginEngine, PluginRegistry, PluginSource, PoolBalancer, WorldKind,
 };
-use switchyard::pool::{BACKEND_STRIDE, FLAG_HEALTHY};
+use switchyard::pool::{BACKEND_STRIDE, FLAG_HEALTHY, Pool};
+
+/// The system allocator, counting allocations.
+struct Counting;
+
+static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+
+#[expect(
+    unsafe_code,
+    reason = "a global allocator must implement the unsafe GlobalAlloc trait"
+)]
+// SAFETY: every call is forwarded unchanged to the system allocator.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: the caller's contract is passed on as is.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: as above.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: as above.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+/// Heap allocations per call of `f`, over 10,000 calls.
+fn allocations_per_call(mut f: impl FnMut()) -> f64 {
+    f();
+    let before = ALLOCATIONS.load(Ordering::Relaxed);
+    for _ in 0..10_000 {
+        f();
+    }
+    (ALLOCATIONS.load(Ordering::Relaxed) - before) as f64 / 10_000.0
+}
+
+const SIZES: [usize; 4] = [2, 16, 256, 4096];
+
+/// A pool of `n` backends (addresses only; nothing is connected) with `balancer`.
+fn pool(registry: &PluginRegistry, balancer: &str, n: usize, native: bool) -> Pool {
+    let backends: Vec<String> = (0..n)
+        .map(|i| {
+            format!(
+                "{{ addr = \"127.0.{}.{}:80\", weight = {} }}",
+                i / 250,
+                1 + i % 250,
+                1 + i % 3
+            )
+        })
+        .collect();
+    let text = format!(
+        "[proxy]\nlisten = [\"127.0.0.1:1\"]\n\n[[pools]]\nname = \"p\"\nbalancer = \"{balancer}\"\nbackends = [{}]\n",
+        backends.join(", ")
+    );
+    let config = switchyard::config::parse(
+        &text,
+        std::path::Path::new("bench.toml"),
+        &switchyard::config::BUNDLED_NAMES,
+    )
+    .unwrap();
+    let limits = PluginLimits {
+        call_timeout: std::time::Duration::from_secs(1),
+        ..PluginLimits::default()
+    };
+    let balancer = PoolBalancer::new(
+        registry.load(balancer, WorldKind::Balancer).unwrap(),
+        Vec::new(),
+        limits,
+    )
+    .unwrap();
+    let mut pool = Pool::new(&config.pools[0], balancer);
+    pool.native_selector = native;
+    pool
+}
+
+/// A whole pool decision per bundled plugin and for the native selector.
+fn choose(c: &mut Criterion) {
+    let registry = PluginRegistry::new(PluginEngine::new().unwrap(), None, None).unwrap();
+    let mut group = c.benchmark_group("choose");
+    let kinds = [
+        ("round-robin", false),
+        ("least-conn", false),
+        ("latency", false),
+        ("native", true),
+    ];
+    for (name, native) in kinds {
+        let plugin = if native { "round-robin" } else { name };
+        for n in SIZES {
+            let pool = pool(&registry, plugin, n, native);
+            let mut header = placeholder_header();
+            group.bench_function(BenchmarkId::new(name, n), |b| {
+                b.iter(|| black_box(pool.choose(&mut header, None, &[]).unwrap()))
+            });
+        }
+    }
+    group.finish();
+}
+
+fn report_allocations() {
+    let registry = PluginRegistry::new(PluginEngine::new().unwrap(), None, None).unwrap();
+    for (name, native) in [
+        ("round-robin", false),
+        ("least-conn", false),
+        ("latency", false),
+        ("native", true),
+    ] {
+        let plugin = if native { "round-robin" } else { name };
+        for n in SIZES {
+            let pool = pool(&registry, plugin, n, native);
+            let mut header = placeholder_header();
+            let per_call = allocations_per_call(|| {
+                black_box(pool.choose(&mut header, None, &[]).unwrap());
+            });
+            eprintln!("allocations per choose: {name}/{n}: {per_call:.2}");
+        }
+    }
+}
 
 fn table(backends: usize) -> Vec<u32> {
     let mut t = Vec::with_capacity(backends * BACKEND_STRIDE);
@@ -37,7 +164,7 @@ fn select(c: &mut Criterion) {
             limits.clone(),
         )
         .unwrap();
-        for backends in [16usize, 4096] {
+        for backends in SIZES {
             let t = table(backends);
             let mut header = placeholder_header();
             group.bench_with_input(BenchmarkId::new(plugin, backends), &t, |b, t| {
@@ -102,5 +229,9 @@ fn instantiate(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, select, instantiate);
+fn allocations(_: &mut Criterion) {
+    report_allocations();
+}
+
+criterion_group!(benches, allocations, select, choose, instantiate);
 criterion_main!(benches);

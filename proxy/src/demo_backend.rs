@@ -169,9 +169,17 @@ async fn serve(mut stream: TcpStream, control: &BackendControl) -> std::io::Resu
         let status = control.status.load(Ordering::Relaxed);
         // Echo what a proxy in front added, so tests can see it.
         let mut echoed = String::new();
-        for name in ["x-forwarded-for", "x-forwarded-proto"] {
+        for name in [
+            "x-forwarded-for",
+            "x-forwarded-proto",
+            "forwarded",
+            "keep-alive",
+            "proxy-authorization",
+            "x-hop",
+        ] {
             if let Some(v) = header_value(&head, name) {
-                echoed.push_str(&format!("x-seen-{}: {v}\r\n", &name[2..]));
+                let seen = name.strip_prefix("x-").unwrap_or(name);
+                echoed.push_str(&format!("x-seen-{seen}: {v}\r\n"));
             }
         }
         let body = format!("{}\n", control.name);

@@ -80,20 +80,27 @@ enum PluginCommand {
     },
 }
 
-fn init_logging() {
+/// Logs to stderr, filtered by `RUST_LOG`; one JSON object per line if `json`.
+fn init_logging(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     use std::io::IsTerminal;
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.with_ansi(std::io::stderr().is_terminal()).init();
+    }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    // `run` picks the log format from its configuration file.
+    if !matches!(cli.command, Command::Run { .. }) {
+        init_logging(false);
+    }
     match cli.command {
         Command::Run { config } => run(&config),
         Command::Check { config } => check(&config),
@@ -127,6 +134,7 @@ fn run(path: &Path) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
+    init_logging(config.proxy.access_log == config::AccessLog::Json);
     match server::run(config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -25,6 +25,8 @@ pub struct DataPath {
     duration: HistogramVec,
     connect_errors: IntCounterVec,
     retries: IntCounterVec,
+    retry_budget_exhausted: IntCounterVec,
+    refused: IntCounterVec,
 }
 
 fn counter(
@@ -59,6 +61,18 @@ impl DataPath {
             "Requests retried on another backend.",
             &["pool"],
         )?;
+        let retry_budget_exhausted = counter(
+            &registry,
+            "switchyard_retry_budget_exhausted_total",
+            "Retries not made because the pool's retry budget was spent.",
+            &["pool"],
+        )?;
+        let refused = counter(
+            &registry,
+            "switchyard_refused_total",
+            "Requests refused before reaching a pool, by reason.",
+            &["reason"],
+        )?;
         let duration = HistogramVec::new(
             HistogramOpts::new(
                 "switchyard_request_duration_seconds",
@@ -74,6 +88,8 @@ impl DataPath {
             duration,
             connect_errors,
             retries,
+            retry_budget_exhausted,
+            refused,
         })
     }
 
@@ -89,6 +105,22 @@ impl DataPath {
         self.duration
             .with_label_values(&[pool])
             .observe(took.as_secs_f64());
+    }
+
+    /// A request retried on another backend for its response status.
+    pub fn retry(&self, pool: &str) {
+        self.retries.with_label_values(&[pool]).inc();
+    }
+
+    /// A retry the budget refused.
+    pub fn retry_budget_exhausted(&self, pool: &str) {
+        self.retry_budget_exhausted.with_label_values(&[pool]).inc();
+    }
+
+    /// A request refused at the edge: `access_denied`, `rate_limited`,
+    /// `header_too_large`, `body_too_large` or `client_timeout`.
+    pub fn refused(&self, reason: &str) {
+        self.refused.with_label_values(&[reason]).inc();
     }
 
     /// A failed connection to `backend`; `retried` when another backend is tried next.

@@ -9,7 +9,10 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering}
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use crate::config::{HealthCheck, OnPluginFailure, OutlierDetection, PoolConfig};
+use crate::config::{
+    HealthCheck, OnPluginFailure, OutlierDetection, PoolConfig, UpstreamProtocol, UpstreamTimeouts,
+    UpstreamTls,
+};
 use crate::plugin::{PluginError, PoolBalancer};
 
 /// `u32` values per backend in the table passed to `select` (see `wit/plugin.wit`).
@@ -191,6 +194,8 @@ pub enum Decision {
     Plugin,
     /// The plugin failed or declined; the native round-robin chose.
     Fallback,
+    /// No plugin was asked: the pool runs the native selector (a benchmark baseline).
+    Native,
 }
 
 /// A backend picked for one attempt.
@@ -226,6 +231,23 @@ pub struct Pool {
     pub health_check: Option<HealthCheck>,
     /// Passive outlier detection, if configured.
     pub outlier_detection: Option<OutlierDetection>,
+    /// Read, write and idle timeouts towards the backends.
+    pub timeouts: UpstreamTimeouts,
+    /// Statuses that send an idempotent request to another backend.
+    pub retry_on: Vec<u16>,
+    /// TLS towards the backends, if on.
+    pub tls: Option<UpstreamTls>,
+    /// CA certificates of `tls.ca_file`, loaded.
+    pub ca: Option<Arc<Box<[openssl::x509::X509]>>>,
+    /// HTTP version towards the backends.
+    pub protocol: UpstreamProtocol,
+    retry_budget_percent: u32,
+    /// Skip the plugin and choose with the native round-robin: the baseline that
+    /// isolates what a Wasm decision costs (`SWITCHYARD_NATIVE_SELECTOR=1`).
+    pub native_selector: bool,
+    /// Requests of this pool in flight, and how many of them are retrying.
+    active_requests: AtomicU32,
+    active_retries: AtomicU32,
     fallback_cursor: AtomicUsize,
 }
 
@@ -250,8 +272,45 @@ impl Pool {
             on_plugin_failure: config.on_plugin_failure,
             health_check: config.health_check.clone(),
             outlier_detection: config.outlier_detection.clone(),
+            timeouts: config.timeouts,
+            retry_on: config.retry_on.clone(),
+            tls: config.tls.clone(),
+            ca: None,
+            protocol: config.protocol,
+            retry_budget_percent: config.retry_budget_percent,
+            native_selector: std::env::var_os("SWITCHYARD_NATIVE_SELECTOR")
+                .is_some_and(|v| v == "1"),
+            active_requests: AtomicU32::new(0),
+            active_retries: AtomicU32::new(0),
             fallback_cursor: AtomicUsize::new(0),
         }
+    }
+
+    /// A request entered the pool; [`Pool::request_ended`] must follow.
+    pub fn request_started(&self) {
+        self.active_requests.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A request left the pool; `retried` if it had been granted a retry.
+    pub fn request_ended(&self, retried: bool) {
+        self.active_requests.fetch_sub(1, Ordering::Relaxed);
+        if retried {
+            self.active_retries.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Grants a request its first retry if the retry budget allows: retries in flight
+    /// stay at most `max(MIN_RETRY_CONCURRENCY, retry_budget_percent × requests in
+    /// flight / 100)`, so a failing pool cannot multiply its own load (Envoy's budget).
+    pub fn grant_retry(&self) -> bool {
+        let active = self.active_requests.load(Ordering::Relaxed);
+        let limit = (active.saturating_mul(self.retry_budget_percent) / 100)
+            .max(crate::config::MIN_RETRY_CONCURRENCY);
+        self.active_retries
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < limit).then_some(n + 1)
+            })
+            .is_ok()
     }
 
     /// Carries over, per address, what `old` knew: a configuration reload must not undo
@@ -292,6 +351,32 @@ impl Pool {
         tracing::warn!(pool = %self.name, backend = %b.addr, failures = streak, for_ = ?time, "backend ejected by outlier detection");
     }
 
+    /// Lowers a backend's ejection count by one for each `base_ejection` it has served
+    /// well since its last ejection ended (Envoy's decay), so an ejection long ago no
+    /// longer doubles the next one.
+    fn decay_ejections(&self, b: &Backend) {
+        let Some(od) = &self.outlier_detection else {
+            return;
+        };
+        if b.ejections.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        let until = b.ejected_until_ms.load(Ordering::Relaxed);
+        let now = millis_since_base(Instant::now());
+        let step = u64::try_from(od.base_ejection.as_millis()).unwrap_or(u64::MAX);
+        // The CAS makes one of several concurrent responses take the step.
+        if until != 0
+            && now >= until.saturating_add(step)
+            && b.ejected_until_ms
+                .compare_exchange(until, now.max(1), Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            let _ = b
+                .ejections
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+        }
+    }
+
     /// Records a health check of backend `i`: `rise` passes in a row bring it up, `fall`
     /// failures in a row take it down. Returns the new state when it changed.
     pub fn record_check(&self, i: usize, passed: bool, detail: &str) -> Option<bool> {
@@ -317,6 +402,8 @@ impl Pool {
         }
         b.up.store(now_up, Ordering::Relaxed);
         if now_up {
+            // Back in service with a clean slate: plugins see no failure streak.
+            b.recent_failures.store(0, Ordering::Relaxed);
             tracing::info!(pool = %self.name, backend = %b.addr, "backend up: health checks pass again");
         } else {
             tracing::warn!(pool = %self.name, backend = %b.addr, detail, "backend down: health checks fail");
@@ -397,6 +484,14 @@ impl Pool {
     ) -> Result<Option<Choice>, PluginError> {
         let started = Instant::now();
         let balancer = self.balancer.load_full();
+        if self.native_selector {
+            return Ok(self.fallback(excluded).map(|index| Choice {
+                index,
+                balancer,
+                decision: Decision::Native,
+                took: started.elapsed(),
+            }));
+        }
         let from_plugin = TABLE.with(|cell| {
             let mut table = cell.borrow_mut();
             self.fill_table(excluded, &mut table);
@@ -460,6 +555,7 @@ impl Pool {
             self.maybe_eject(i, streak);
         } else {
             b.recent_failures.store(0, Ordering::Relaxed);
+            self.decay_ejections(b);
         }
         if status != 0 {
             let estimate = b
@@ -469,6 +565,9 @@ impl Pool {
                 .observe(latency, Instant::now());
             b.latency_us
                 .store(estimate.min(f64::from(u32::MAX)) as u32, Ordering::Relaxed);
+        }
+        if self.native_selector {
+            return;
         }
         if let Err(e) = off_the_worker_if(balancer.is_slow(), || {
             balancer.on_response(i, status, latency)

@@ -1,23 +1,35 @@
 //! The Pingora side: the per-request flow through the proxy.
 //!
 //! ```text
-//! request_filter          route by host and path → pool (or 404)
+//! request_filter          limits (431, 413), HTTPS redirect, route by host and path →
+//!                         pool (or 404), the route's allow/deny (403) and rate (429)
+//! request_body_filter     body limit (413)
 //! upstream_peer           pool.choose → plugin `select` (fallback on failure) → peer
 //!   fail_to_connect       release the attempt, exclude that backend, retry if allowed
-//! upstream_response_filter  note status and time to first byte
-//! logging                 release the attempt → plugin `on-response`, counters
+//! upstream_request_filter X-Forwarded-*, Forwarded, hop-by-hop headers
+//! upstream_response_filter  note status and time to first byte; a `retry_on` status
+//!                         becomes a retryable error
+//!   error_while_proxy     retry only idempotent requests, within retries and budget
+//! logging                 release the attempt → plugin `on-response`, counters, access log
 //! ```
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::Bytes;
+use ipnet::IpNet;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::HttpPeer;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorSource, ErrorType, Result};
+use std::net::IpAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::config::{AccessLog, RequestLimits};
+use crate::edge::{self, Refusal, RoutePolicy};
+
+use crate::config::UpstreamProtocol;
 use crate::plugin::request::request_host;
 use crate::plugin::{PoolBalancer, RouteDecision, RouterInstance};
 use crate::pool::{Decision, Pool};
@@ -34,6 +46,43 @@ pub struct Runtime {
     pub routers: Vec<RouterSlot>,
     /// Index in `routers` of the router asked about every request.
     pub listener_router: Option<usize>,
+    /// Access rules, by route index.
+    pub policies: Vec<RoutePolicy>,
+    /// Settings of the listeners.
+    pub edge: EdgeSettings,
+}
+
+/// What every request is checked against before routing.
+#[derive(Debug)]
+pub struct EdgeSettings {
+    /// Header, body and time limits.
+    pub limits: RequestLimits,
+    /// Peers whose `X-Forwarded-For` names the client.
+    pub trusted_proxies: Vec<IpNet>,
+    /// Port of the HTTPS listener plain-HTTP requests are redirected to, if they are.
+    pub redirect_https_port: Option<u16>,
+    /// Whether and how each request is logged.
+    pub access_log: AccessLog,
+}
+
+/// Requests in progress in this process; SIGTERM waits for it to reach zero.
+pub static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+
+/// Counts a request in [`IN_FLIGHT`] for as long as it lives.
+#[derive(Debug)]
+struct InFlight;
+
+impl InFlight {
+    fn new() -> Self {
+        IN_FLIGHT.fetch_add(1, Ordering::SeqCst);
+        InFlight
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        IN_FLIGHT.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// One use of a router plugin (the listener's or a route's).
@@ -126,6 +175,38 @@ async fn respond(
     Ok(true)
 }
 
+/// Answers `status` for a request refused at the edge, counting it by `reason`.
+async fn refuse(session: &mut Session, status: u16, reason: &str, text: String) -> Result<bool> {
+    if let Some(m) = crate::metrics::DATA_PATH.as_ref() {
+        m.refused(reason);
+    }
+    respond(session, status, Vec::new(), text).await
+}
+
+/// 308 to the same host and path on the HTTPS listener's port.
+async fn redirect_to_https(session: &mut Session, port: u16) -> Result<bool> {
+    let header = session.req_header();
+    let host = request_host(header);
+    let host = if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host
+    };
+    let authority = if port == 443 {
+        host
+    } else {
+        format!("{host}:{port}")
+    };
+    let target = header
+        .uri
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_owned();
+    let location = format!("https://{authority}{target}");
+    let text = format!("switchyard: this site is served over HTTPS: {location}\n");
+    respond(session, 308, vec![("location".to_owned(), location)], text).await
+}
+
 /// The proxy application handed to Pingora.
 #[derive(Debug)]
 pub struct Switchyard {
@@ -162,15 +243,80 @@ pub struct RequestCtx {
     error_body: Option<String>,
     /// When the request arrived, for the duration metric.
     arrived: Option<Instant>,
+    /// The client's address, as trusted proxies report it.
+    client: Option<IpAddr>,
+    /// Came over TLS.
+    tls: bool,
+    /// Request body bytes seen so far.
+    body_bytes: u64,
+    /// Keeps the request counted in its pool while it lives.
+    entry: Option<PoolEntry>,
+    /// Time to the response header of the last attempt.
+    upstream_time: Option<Duration>,
+    _in_flight: Option<InFlight>,
+}
+
+/// A request counted in its pool's requests in flight (and retries, once granted one)
+/// until dropped.
+#[derive(Debug)]
+struct PoolEntry {
+    pool: Arc<Pool>,
+    retry_granted: bool,
+}
+
+impl Drop for PoolEntry {
+    fn drop(&mut self) {
+        self.pool.request_ended(self.retry_granted);
+    }
 }
 
 impl RequestCtx {
+    /// Sends the request to `pool`, counting it there until the context is dropped.
+    fn enter(&mut self, pool: Option<&Arc<Pool>>) {
+        if let Some(pool) = pool {
+            pool.request_started();
+            self.pool = Some(Arc::clone(pool));
+            self.entry = Some(PoolEntry {
+                pool: Arc::clone(pool),
+                retry_granted: false,
+            });
+        }
+    }
+
+    /// Whether one more attempt may go to another backend, given the backends already
+    /// tried (`tried`, the one that just failed included): within the pool's `retries`,
+    /// with a candidate left, and — if `budgeted`, for the first retry — within the retry
+    /// budget. Retries of a connection that never opened are not budgeted: no backend did
+    /// any work, so they cannot multiply its load, and `retries` bounds them.
+    fn may_retry(&mut self, tried: &[usize], budgeted: bool) -> bool {
+        let Some(pool) = self.pool.clone() else {
+            return false;
+        };
+        if tried.len().saturating_sub(1) >= pool.retries as usize || !pool.has_candidate(tried) {
+            return false;
+        }
+        let Some(entry) = self.entry.as_mut() else {
+            return false;
+        };
+        if budgeted && !entry.retry_granted {
+            if !pool.grant_retry() {
+                if let Some(m) = crate::metrics::DATA_PATH.as_ref() {
+                    m.retry_budget_exhausted(&pool.name);
+                }
+                return false;
+            }
+            entry.retry_granted = true;
+        }
+        true
+    }
+
     /// Ends the current attempt, if any, telling the pool how it went.
     fn release(&mut self, failed: bool) {
         let (Some(pool), Some(a)) = (&self.pool, self.attempt.take()) else {
             return;
         };
         let status = if failed { 0 } else { a.status };
+        self.upstream_time = a.time_to_header;
         let latency = a.time_to_header.unwrap_or_else(|| a.started.elapsed());
         pool.finish(&a.balancer, a.backend, status, latency);
     }
@@ -181,16 +327,52 @@ impl ProxyHttp for Switchyard {
     type CTX = RequestCtx;
 
     fn new_ctx(&self) -> RequestCtx {
-        RequestCtx::default()
+        RequestCtx {
+            _in_flight: Some(InFlight::new()),
+            ..RequestCtx::default()
+        }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         ctx.arrived = Some(Instant::now());
         let runtime = self.runtime.load_full();
+        let edge = &runtime.edge;
+        session.set_read_timeout(Some(edge.limits.client_timeout));
+        ctx.tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+        if let Err(problem) = edge::header_within(session.req_header(), &edge.limits) {
+            return refuse(
+                session,
+                431,
+                "header_too_large",
+                format!("switchyard: {problem}\n"),
+            )
+            .await;
+        }
+        let declared_body = session
+            .req_header()
+            .headers
+            .get("content-length")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        if declared_body.is_some_and(|n| n > edge.limits.max_body_bytes) {
+            let text = format!(
+                "switchyard: the request body is larger than the {} bytes accepted\n",
+                edge.limits.max_body_bytes
+            );
+            return refuse(session, 413, "body_too_large", text).await;
+        }
+        if let (Some(port), false) = (edge.redirect_https_port, ctx.tls) {
+            return redirect_to_https(session, port).await;
+        }
+        let peer = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        ctx.client = edge::client_ip(peer, session.req_header(), &edge.trusted_proxies);
         if let Some(slot) = runtime.listener_router {
             match ask_router(&runtime, slot, session) {
                 Routed::Pool(i) => {
-                    ctx.pool = runtime.pools.get(i).cloned();
+                    ctx.enter(runtime.pools.get(i));
                     return Ok(false);
                 }
                 Routed::Respond(decision) => return respond_decision(session, decision).await,
@@ -204,6 +386,28 @@ impl ProxyHttp for Switchyard {
             let text = format!("switchyard: no route for host {host:?} and path {path:?}\n");
             return respond(session, 404, Vec::new(), text).await;
         };
+        let policy = target.route.and_then(|r| runtime.policies.get(r));
+        if let Some(refusal) = policy.and_then(|p| p.check(ctx.client).err()) {
+            return match refusal {
+                Refusal::Forbidden => {
+                    let text = format!(
+                        "switchyard: {} may not use this route\n",
+                        ctx.client
+                            .map_or("this client".to_owned(), |ip| ip.to_string())
+                    );
+                    refuse(session, 403, refusal.reason(), text).await
+                }
+                Refusal::RateLimited(wait) => {
+                    let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+                    if let Some(m) = crate::metrics::DATA_PATH.as_ref() {
+                        m.refused(refusal.reason());
+                    }
+                    let headers = vec![("retry-after".to_owned(), seconds.max(1).to_string())];
+                    let text = "switchyard: too many requests from this client; retry later\n";
+                    respond(session, 429, headers, text.to_owned()).await
+                }
+            };
+        }
         let mut pool = target.pool;
         if let Some(slot) = target.router {
             match ask_router(&runtime, slot, session) {
@@ -212,8 +416,33 @@ impl ProxyHttp for Switchyard {
                 Routed::Continue => {}
             }
         }
-        ctx.pool = runtime.pools.get(pool).cloned();
+        ctx.enter(runtime.pools.get(pool));
         Ok(false)
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        // A body sent without a length (chunked, or HTTP/2) is counted as it arrives.
+        ctx.body_bytes += body.as_ref().map_or(0, |b| b.len() as u64);
+        let limit = self.runtime.load().edge.limits.max_body_bytes;
+        if ctx.body_bytes > limit {
+            if let Some(m) = crate::metrics::DATA_PATH.as_ref() {
+                m.refused("body_too_large");
+            }
+            ctx.error_body = Some(format!(
+                "switchyard: the request body is larger than the {limit} bytes accepted\n"
+            ));
+            return Err(Error::explain(
+                ErrorType::HTTPStatus(413),
+                "request body over max_body_bytes",
+            ));
+        }
+        Ok(())
     }
 
     async fn upstream_peer(
@@ -224,7 +453,8 @@ impl ProxyHttp for Switchyard {
         // Pingora may ask again after an error on a reused connection: that attempt failed.
         if let Some(a) = ctx.attempt.as_ref() {
             ctx.excluded.push(a.backend);
-            ctx.release(true);
+            let answered = a.time_to_header.is_some();
+            ctx.release(!answered);
         }
         let Some(pool) = ctx.pool.clone() else {
             return Err(Error::explain(
@@ -264,8 +494,23 @@ impl ProxyHttp for Switchyard {
         });
         ctx.decision = Some(choice.decision);
         ctx.decision_time += choice.took;
-        let mut peer = HttpPeer::new(backend.addr, false, String::new());
-        peer.options.connection_timeout = Some(pool.connect_timeout);
+        let tls = pool.tls.as_ref();
+        let sni = tls.map_or_else(String::new, |t| t.sni.clone());
+        let mut peer = HttpPeer::new(backend.addr, tls.is_some(), sni);
+        let options = &mut peer.options;
+        options.connection_timeout = Some(pool.connect_timeout);
+        options.read_timeout = Some(pool.timeouts.read);
+        options.write_timeout = Some(pool.timeouts.write);
+        options.idle_timeout = Some(pool.timeouts.idle);
+        if let Some(tls) = tls {
+            options.verify_cert = tls.verify;
+            options.verify_hostname = tls.verify && !tls.sni.is_empty();
+            options.ca = pool.ca.clone();
+        }
+        match pool.protocol {
+            UpstreamProtocol::Http1 => options.set_http_version(1, 1),
+            UpstreamProtocol::Http2 => options.set_http_version(2, 2),
+        }
         Ok(Box::new(peer))
     }
 
@@ -281,16 +526,16 @@ impl ProxyHttp for Switchyard {
             ctx.excluded.push(backend);
         }
         ctx.release(true);
-        if let Some(pool) = &ctx.pool {
-            let retries_used = ctx.excluded.len().saturating_sub(1);
-            let retry = retries_used < pool.retries as usize && pool.has_candidate(&ctx.excluded);
-            e.set_retry(retry);
-            if let (Some(m), Some(b)) = (
+        let tried = ctx.excluded.clone();
+        let retry = ctx.may_retry(&tried, false);
+        e.set_retry(retry);
+        if let Some(pool) = &ctx.pool
+            && let (Some(m), Some(b)) = (
                 crate::metrics::DATA_PATH.as_ref(),
                 failed.and_then(|i| pool.backends.get(i)),
-            ) {
-                m.connect_error(&pool.name, &b.addr.to_string(), retry);
-            }
+            )
+        {
+            m.connect_error(&pool.name, &b.addr.to_string(), retry);
         }
         e
     }
@@ -299,14 +544,41 @@ impl ProxyHttp for Switchyard {
         &self,
         session: &mut Session,
         upstream: &mut RequestHeader,
-        _ctx: &mut RequestCtx,
+        ctx: &mut RequestCtx,
     ) -> Result<()> {
-        // As nginx's $proxy_add_x_forwarded_for: append the client to what came in.
-        if let Some(ip) = session
+        edge::strip_hop_by_hop(upstream);
+        let peer = session
             .client_addr()
             .and_then(|a| a.as_inet())
-            .map(|a| a.ip().to_string())
-        {
+            .map(|a| a.ip());
+        let proto = if ctx.tls { "https" } else { "http" };
+        if let Some(ip) = peer {
+            // RFC 7239: IPv6 in brackets and quoted.
+            let node = match ip {
+                IpAddr::V4(v4) => v4.to_string(),
+                IpAddr::V6(v6) => format!("\"[{v6}]\""),
+            };
+            let host = request_host(upstream);
+            let mut element = format!("for={node};proto={proto}");
+            if !host.is_empty()
+                && host
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-.".contains(&b))
+            {
+                element.push_str(&format!(";host={host}"));
+            }
+            let forwarded = match upstream
+                .headers
+                .get("forwarded")
+                .and_then(|v| v.to_str().ok())
+            {
+                Some(earlier) => format!("{earlier}, {element}"),
+                None => element,
+            };
+            upstream.insert_header("forwarded", forwarded)?;
+        }
+        // As nginx's $proxy_add_x_forwarded_for: append the client to what came in.
+        if let Some(ip) = peer.map(|ip| ip.to_string()) {
             let forwarded = match upstream
                 .headers
                 .get("x-forwarded-for")
@@ -317,21 +589,81 @@ impl ProxyHttp for Switchyard {
             };
             upstream.insert_header("x-forwarded-for", forwarded)?;
         }
-        upstream.insert_header("x-forwarded-proto", "http")?;
+        // Behind a trusted TLS terminator, keep the scheme it reported.
+        let trusted_peer = peer.is_some_and(|ip| {
+            self.runtime
+                .load()
+                .edge
+                .trusted_proxies
+                .iter()
+                .any(|n| n.contains(&ip))
+        });
+        if !(trusted_peer && upstream.headers.contains_key("x-forwarded-proto")) {
+            upstream.insert_header("x-forwarded-proto", proto)?;
+        }
         Ok(())
     }
 
     async fn upstream_response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        if let Some(a) = ctx.attempt.as_mut() {
-            a.status = upstream.status.as_u16();
-            a.time_to_header = Some(a.started.elapsed());
+        let status = upstream.status.as_u16();
+        let Some(a) = ctx.attempt.as_mut() else {
+            return Ok(());
+        };
+        a.status = status;
+        a.time_to_header = Some(a.started.elapsed());
+        let current = a.backend;
+        let wants_retry = ctx
+            .pool
+            .as_ref()
+            .is_some_and(|p| p.retry_on.contains(&status))
+            && session.req_header().method.is_idempotent();
+        if wants_retry {
+            let mut tried = ctx.excluded.clone();
+            tried.push(current);
+            if ctx.may_retry(&tried, true) {
+                if let (Some(m), Some(pool)) = (crate::metrics::DATA_PATH.as_ref(), &ctx.pool) {
+                    m.retry(&pool.name);
+                }
+                // Nothing has gone to the client yet: Pingora asks `upstream_peer` again.
+                let mut e = Error::explain(
+                    ErrorType::HTTPStatus(status),
+                    format!("backend answered {status}, which retry_on retries"),
+                );
+                e.set_retry(true);
+                return Err(e);
+            }
         }
         Ok(())
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut RequestCtx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        // Pingora's policy: only idempotent requests whose body is still buffered.
+        if !session.req_header().method.is_idempotent() || session.as_ref().retry_buffer_truncated()
+        {
+            e.set_retry(false);
+        } else {
+            e.retry.decide_reuse(client_reused);
+        }
+        if e.retry() && !matches!(e.etype(), ErrorType::HTTPStatus(_)) {
+            let mut tried = ctx.excluded.clone();
+            tried.extend(ctx.attempt.as_ref().map(|a| a.backend));
+            let retry = ctx.may_retry(&tried, true);
+            e.set_retry(retry);
+        }
+        e
     }
 
     async fn fail_to_proxy(
@@ -347,6 +679,12 @@ impl ProxyHttp for Switchyard {
                 ErrorSource::Downstream => match e.etype() {
                     // The client is gone: nothing to answer.
                     ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
+                    ErrorType::ReadTimedout => {
+                        if let Some(m) = crate::metrics::DATA_PATH.as_ref() {
+                            m.refused("client_timeout");
+                        }
+                        408
+                    }
                     _ => 400,
                 },
                 ErrorSource::Internal | ErrorSource::Unset => 500,
@@ -393,15 +731,25 @@ impl ProxyHttp for Switchyard {
                 ctx.arrived.map_or(Duration::ZERO, |t| t.elapsed()),
             );
         }
-        tracing::debug!(
+        if self.runtime.load().edge.access_log == AccessLog::Off {
+            return;
+        }
+        let header = session.req_header();
+        let micros = |d: Option<Duration>| d.map_or(0, |d| d.as_micros() as u64);
+        tracing::info!(
             target: "switchyard::access",
-            method = %session.req_header().method,
-            path = %session.req_header().uri.path(),
+            client = ctx.client.map_or(String::from("-"), |ip| ip.to_string()),
+            method = %header.method,
+            host = %request_host(header),
+            path = %header.uri.path(),
             status,
             pool = ctx.pool.as_ref().map_or("-", |p| p.name.as_str()),
-            backend = ?backend,
+            backend = backend.map_or(String::from("-"), |a| a.to_string()),
             decision = ?ctx.decision,
             decision_us = ctx.decision_time.as_micros() as u64,
+            upstream_us = micros(ctx.upstream_time),
+            total_us = micros(ctx.arrived.map(|t| t.elapsed())),
+            tries = ctx.excluded.len() + usize::from(backend.is_some()),
             error = e.map(|e| e.to_string()),
             "request"
         );

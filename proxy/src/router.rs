@@ -20,6 +20,8 @@ pub struct Target {
     pub pool: usize,
     /// Router plugin to ask first (index into the runtime's routers), if any.
     pub router: Option<usize>,
+    /// Index of the route in the configuration; `None` for the only pool without routes.
+    pub route: Option<usize>,
 }
 
 /// The compiled route table.
@@ -49,6 +51,7 @@ impl Router {
                     target: Target {
                         pool: pool_index(&r.pool)?,
                         router: router_index(i),
+                        route: Some(i),
                     },
                 })
             })
@@ -63,7 +66,11 @@ impl Router {
     /// Where a request to `host` (lower case, no port) and `path` goes.
     pub fn route(&self, host: &str, path: &str) -> Option<Target> {
         if let Some(pool) = self.default_pool {
-            return Some(Target { pool, router: None });
+            return Some(Target {
+                pool,
+                router: None,
+                route: None,
+            });
         }
         // Rank: exact host 2, wildcard 1 (+ its length, so longer suffixes win), none 0.
         let rank = |h: &Option<HostPattern>| -> Option<(u8, usize)> {
@@ -103,6 +110,9 @@ mod tests {
             }),
             path_prefix: prefix.to_owned(),
             pool: pool.to_owned(),
+            allow: Vec::new(),
+            deny: Vec::new(),
+            rate_limit: None,
             router: None,
         }
     }
@@ -122,41 +132,11 @@ mod tests {
             |n| pools.iter().position(|p| *p == n),
             |_| None,
         );
-        assert_eq!(
-            r.route("other.org", "/"),
-            Some(Target {
-                pool: 0,
-                router: None
-            })
-        );
-        assert_eq!(
-            r.route("other.org", "/api/users"),
-            Some(Target {
-                pool: 1,
-                router: None
-            })
-        );
-        assert_eq!(
-            r.route("blog.example.com", "/api"),
-            Some(Target {
-                pool: 2,
-                router: None
-            })
-        );
-        assert_eq!(
-            r.route("shop.example.com", "/api"),
-            Some(Target {
-                pool: 3,
-                router: None
-            })
-        );
-        assert_eq!(
-            r.route("example.com", "/x"),
-            Some(Target {
-                pool: 0,
-                router: None
-            })
-        );
+        assert_eq!(r.route("other.org", "/").map(|t| t.pool), Some(0));
+        assert_eq!(r.route("other.org", "/api/users").map(|t| t.pool), Some(1));
+        assert_eq!(r.route("blog.example.com", "/api").map(|t| t.pool), Some(2));
+        assert_eq!(r.route("shop.example.com", "/api").map(|t| t.pool), Some(3));
+        assert_eq!(r.route("example.com", "/x").map(|t| t.pool), Some(0));
     }
 
     #[test]
@@ -164,26 +144,14 @@ mod tests {
         let pools = ["api"];
         let routes = [route(Some("api.example.com"), "/v1", "api")];
         let r = Router::new(&routes, 1, |n| pools.iter().position(|p| *p == n), |_| None);
-        assert_eq!(r.route("api.example.com", "/v2"), None);
-        assert_eq!(r.route("www.example.com", "/v1"), None);
-        assert_eq!(
-            r.route("api.example.com", "/v1/x"),
-            Some(Target {
-                pool: 0,
-                router: None
-            })
-        );
+        assert_eq!(r.route("api.example.com", "/v2").map(|t| t.pool), None);
+        assert_eq!(r.route("www.example.com", "/v1").map(|t| t.pool), None);
+        assert_eq!(r.route("api.example.com", "/v1/x").map(|t| t.pool), Some(0));
     }
 
     #[test]
     fn a_single_pool_without_routes_takes_everything() {
         let r = Router::new(&[], 1, |_| Some(0), |_| None);
-        assert_eq!(
-            r.route("any", "/thing"),
-            Some(Target {
-                pool: 0,
-                router: None
-            })
-        );
+        assert_eq!(r.route("any", "/thing").map(|t| t.pool), Some(0));
     }
 }

@@ -1,6 +1,7 @@
 //! Turning a validated [`Config`] into a running proxy, and rebuilding it at run time.
 
 use arc_swap::ArcSwap;
+use pingora::apps::HttpServerOptions;
 use pingora::server::Server;
 use pingora::server::configuration::ServerConf;
 use std::collections::HashMap;
@@ -8,12 +9,13 @@ use std::sync::Arc;
 
 use crate::config::{Config, ConfigErrors};
 use crate::control::Control;
+use crate::edge::RoutePolicy;
 use crate::plugin::{
     LoadedPlugin, PluginEngine, PluginError, PluginRegistry, PoolBalancer, RouterInstance,
     WorldKind,
 };
 use crate::pool::Pool;
-use crate::proxy::{RouterSlot, Runtime, Switchyard};
+use crate::proxy::{EdgeSettings, RouterSlot, Runtime, Switchyard};
 use crate::router::Router;
 
 /// Why the proxy could not start (or a reload was rejected).
@@ -31,6 +33,9 @@ pub enum StartError {
     /// The admin socket could not be opened.
     #[error("{0}")]
     Admin(String),
+    /// A certificate, key or CA file could not be used.
+    #[error("error: {0}")]
+    Tls(String),
 }
 
 /// A registry for `config`'s plugin directory and cache.
@@ -99,7 +104,18 @@ pub fn build_runtime(
         };
         match PoolBalancer::new(plugin, pool.balancer_config.clone(), pool.limits.clone()) {
             Ok(balancer) => {
-                let new = Pool::new(pool, balancer);
+                let mut new = Pool::new(pool, balancer);
+                if let Some(path) = pool.tls.as_ref().and_then(|t| t.ca_file.as_ref()) {
+                    match crate::tls::load_ca(path) {
+                        Ok(ca) => new.ca = Some(ca),
+                        Err(e) => {
+                            return Err(StartError::Tls(format!(
+                                "pool {:?}: ca_file: {e}",
+                                pool.name
+                            )));
+                        }
+                    }
+                }
                 if let Some(old) =
                     previous.and_then(|r| r.pools.iter().find(|p| p.name == new.name))
                 {
@@ -152,11 +168,22 @@ pub fn build_runtime(
                 .position(|r| r.site == format!("routes[{i}]"))
         },
     );
+    let proxy = &config.proxy;
     Ok(Runtime {
         pools,
         router,
         routers,
         listener_router,
+        policies: config.routes.iter().map(RoutePolicy::new).collect(),
+        edge: EdgeSettings {
+            limits: proxy.limits.clone(),
+            trusted_proxies: proxy.trusted_proxies.clone(),
+            redirect_https_port: proxy
+                .redirect_to_https
+                .then(|| proxy.tls.first().map(|t| t.listen.port()))
+                .flatten(),
+            access_log: proxy.access_log,
+        },
     })
 }
 
@@ -180,17 +207,40 @@ pub fn run(config: Config) -> Result<(), StartError> {
     let _admin = crate::admin::start(control, &config.admin.socket)
         .map_err(|e| StartError::Admin(e.to_string()))?;
 
+    let mut tls_settings = Vec::new();
+    for (i, listener) in config.proxy.tls.iter().enumerate() {
+        let settings = crate::tls::listener_settings(listener, i).map_err(StartError::Tls)?;
+        tls_settings.push((listener.listen, settings));
+    }
+    let grace = config.proxy.grace_period;
+    crate::shutdown::exit_when_drained_after_sigterm(grace, config.admin.socket.clone())
+        .map_err(|e| StartError::Admin(format!("cannot watch for SIGTERM: {e}")))?;
     let conf = ServerConf {
         threads: config.proxy.threads,
+        // Pingora waits this long after SIGTERM; `shutdown` exits as soon as the
+        // requests in flight are done.
+        grace_period_seconds: Some(grace.as_secs() + u64::from(grace.subsec_nanos() > 0)),
+        graceful_shutdown_timeout_seconds: Some(1),
         ..ServerConf::default()
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
     let mut service =
         pingora::proxy::http_proxy_service(&server.configuration, Switchyard::new(runtime));
+    if let Some(app) = service.app_logic_mut() {
+        // gRPC clients speak HTTP/2 without TLS (h2c); HTTP/1 clients are told apart
+        // by the missing preface.
+        let mut options = HttpServerOptions::default();
+        options.h2c = true;
+        app.server_options = Some(options);
+    }
     for addr in &config.proxy.listen {
         service.add_tcp(&addr.to_string());
         tracing::info!(%addr, "listening");
+    }
+    for (addr, settings) in tls_settings {
+        service.add_tls_with_settings(&addr.to_string(), None, settings);
+        tracing::info!(%addr, "listening (HTTPS)");
     }
     server.add_service(service);
     server.run_forever()

@@ -2,6 +2,8 @@
 //! `.wasm` plugins built from this repository, and a small HTTP client.
 #![allow(dead_code)]
 
+pub mod certs;
+
 use std::collections::HashMap;
 use std::io::Read;
 use std::net::{SocketAddr, TcpListener};
@@ -210,6 +212,29 @@ impl Proxy {
     /// Process id of the running proxy.
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// Sends SIGTERM to the proxy (by its process id).
+    pub fn sigterm(&self) {
+        let status = Command::new("kill")
+            .args(["-s", "TERM", &self.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits up to `within` for the proxy to exit: its exit status, or `None` if it
+    /// still runs.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
+                self.child = None;
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
     }
 
     /// True while the proxy process runs.

@@ -18,7 +18,10 @@
 //! ```
 //!
 //! A failure (status 0: no answer; or 5xx) counts as `failure_penalty` of latency, so a
-//! backend that fails fast does not attract traffic by looking quick.
+//! backend that fails fast does not attract traffic by looking quick. A penalised backend
+//! whose failure streak the host has since cleared without a response reaching this
+//! balancer (health checks brought it back, or its outlier ejection ended) starts afresh,
+//! instead of waiting for the penalty to decay.
 //!
 //! `balancer_config`: `decay` (τ, default `"10s"`), `default_rtt` (estimate of a backend
 //! with no sample yet, default `"10ms"`), `failure_penalty` (default `"1s"`).
@@ -33,6 +36,8 @@ struct Estimate {
     updated: Instant,
     /// False until this balancer has seen a response from the backend.
     sampled: bool,
+    /// The last response was a failure.
+    penalized: bool,
 }
 
 /// Tunables from `balancer_config`.
@@ -84,6 +89,7 @@ impl PeakEwma {
             rtt_us: self.settings.default_rtt.as_micros() as f64,
             updated: now,
             sampled: false,
+            penalized: false,
         };
         self.estimates.resize(len, fresh);
     }
@@ -124,6 +130,20 @@ impl PeakEwma {
                 rtt_us: f64::from(b.latency_us),
                 updated: now,
                 sampled: true,
+                penalized: false,
+            };
+        }
+    }
+
+    /// Forgets the penalty of a backend the host no longer counts as failing.
+    fn forgive_if_recovered(&mut self, b: &Backend, now: Instant) {
+        let e = &mut self.estimates[b.index];
+        if e.penalized && b.recent_failures == 0 {
+            *e = Estimate {
+                rtt_us: self.settings.default_rtt.as_micros() as f64,
+                updated: now,
+                sampled: false,
+                penalized: false,
             };
         }
     }
@@ -136,8 +156,10 @@ impl PeakEwma {
             Candidates::One(only) => return Some(only.index),
             Candidates::Two(a, b) => (a, b),
         };
-        self.seed_from_host(&a, now);
-        self.seed_from_host(&b, now);
+        for candidate in [&a, &b] {
+            self.forgive_if_recovered(candidate, now);
+            self.seed_from_host(candidate, now);
+        }
         let (cost_a, cost_b) = (self.cost(&a, now), self.cost(&b, now));
         Some(if cost_b < cost_a { b.index } else { a.index })
     }
@@ -169,6 +191,9 @@ impl Balancer for PeakEwma {
             rtt = rtt.max(self.settings.failure_penalty);
         }
         self.observe(backend, rtt, Instant::now());
+        if let Some(e) = self.estimates.get_mut(backend) {
+            e.penalized = failed;
+        }
     }
 }
 
@@ -239,8 +264,30 @@ mod tests {
         let mut p = balancer();
         p.on_response(0, 0, 100);
         p.on_response(1, 200, 20_000);
-        let raw = table(&(0..2).map(Backend::idle).collect::<Vec<_>>());
+        // The host counts the failure in the backend's streak before telling the plugin.
+        let mut seen: Vec<Backend> = (0..2).map(Backend::idle).collect();
+        seen[0].recent_failures = 1;
+        let raw = table(&seen);
         assert_eq!(p.pick(&Backends::new(&raw), Instant::now()), Some(1));
+    }
+
+    #[test]
+    fn a_backend_the_host_brought_back_starts_afresh() {
+        let mut p = balancer();
+        let now = Instant::now();
+        p.on_response(0, 0, 100);
+        p.on_response(1, 200, 20_000);
+        let mut seen: Vec<Backend> = (0..2).map(Backend::idle).collect();
+        seen[0].recent_failures = 3;
+        p.pick(&Backends::new(&table(&seen)), now);
+        assert!(
+            p.estimate_at(0, now) >= 900_000.0,
+            "still penalised while failing"
+        );
+        // Health checks pass again: the host clears the streak; the penalty goes.
+        seen[0].recent_failures = 0;
+        assert_eq!(p.pick(&Backends::new(&table(&seen)), now), Some(0));
+        assert_eq!(p.estimate_at(0, now), 10_000.0, "default_rtt again");
     }
 
     #[test]

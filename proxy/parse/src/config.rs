@@ -14,8 +14,13 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+use ipnet::IpNet;
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
+
+mod edge;
+pub use edge::*;
 
 /// Time allowed to connect to a backend, unless a pool says otherwise.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -134,6 +139,18 @@ pub struct ProxySettings {
     pub threads: usize,
     /// Router plugin asked first about every request.
     pub router: Option<RouterUse>,
+    /// HTTPS listeners.
+    pub tls: Vec<TlsListener>,
+    /// Plain listeners answer every request with a redirect to the first HTTPS listener.
+    pub redirect_to_https: bool,
+    /// After SIGTERM: how long in-flight requests may take before the process exits.
+    pub grace_period: Duration,
+    /// Limits on what a client may send.
+    pub limits: RequestLimits,
+    /// Peers whose `X-Forwarded-For` is believed when finding the client address.
+    pub trusted_proxies: Vec<IpNet>,
+    /// Access log: off, text or JSON.
+    pub access_log: AccessLog,
 }
 
 /// A router plugin named by `[proxy]` or a route, with its `router_config`.
@@ -254,6 +271,17 @@ pub struct PoolConfig {
     pub health_check: Option<HealthCheck>,
     /// Passive outlier detection, if configured.
     pub outlier_detection: Option<OutlierDetection>,
+    /// Timeouts of one exchange with a backend.
+    pub timeouts: UpstreamTimeouts,
+    /// Response statuses that send an idempotent request to another backend.
+    pub retry_on: Vec<u16>,
+    /// Retries in flight may be at most this percentage of the pool's requests in flight
+    /// (at least [`MIN_RETRY_CONCURRENCY`]).
+    pub retry_budget_percent: u32,
+    /// TLS to the backends, if on.
+    pub tls: Option<UpstreamTls>,
+    /// HTTP version spoken to the backends.
+    pub protocol: UpstreamProtocol,
 }
 
 /// One backend of a pool.
@@ -321,6 +349,12 @@ pub struct RouteConfig {
     pub pool: String,
     /// Router plugin asked about requests of this route.
     pub router: Option<RouterUse>,
+    /// Client networks let through, if the list is not empty; everything else gets 403.
+    pub allow: Vec<IpNet>,
+    /// Client networks refused with 403 (checked before `allow`).
+    pub deny: Vec<IpNet>,
+    /// Requests per second per client address.
+    pub rate_limit: Option<RateLimit>,
 }
 
 /// An exact host or a `*.suffix` wildcard, lower case.
@@ -362,6 +396,16 @@ struct RawProxy {
     threads: Option<Spanned<i64>>,
     router: Option<Spanned<String>>,
     router_config: Option<Spanned<PluginTable>>,
+    #[serde(default)]
+    tls: Vec<Spanned<edge::RawTlsListener>>,
+    redirect_to_https: Option<Spanned<bool>>,
+    grace_period: Option<Spanned<String>>,
+    max_header_bytes: Option<Spanned<String>>,
+    max_headers: Option<Spanned<i64>>,
+    max_body_bytes: Option<Spanned<String>>,
+    client_timeout: Option<Spanned<String>>,
+    trusted_proxies: Option<Spanned<Vec<Spanned<String>>>>,
+    access_log: Option<Spanned<String>>,
 }
 
 /// `balancer_config` / `router_config`: scalars by key.
@@ -408,6 +452,16 @@ struct RawPool {
     limits: Option<RawLimits>,
     health_check: Option<Spanned<RawHealthCheck>>,
     outlier_detection: Option<Spanned<RawOutlier>>,
+    read_timeout: Option<Spanned<String>>,
+    write_timeout: Option<Spanned<String>>,
+    idle_timeout: Option<Spanned<String>>,
+    retry_on: Option<Spanned<Vec<Spanned<i64>>>>,
+    retry_budget_percent: Option<Spanned<i64>>,
+    tls: Option<Spanned<bool>>,
+    sni: Option<Spanned<String>>,
+    tls_verify: Option<Spanned<bool>>,
+    ca_file: Option<Spanned<String>>,
+    protocol: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -444,6 +498,9 @@ struct RawRoute {
     pool: Spanned<String>,
     router: Option<Spanned<String>>,
     router_config: Option<Spanned<PluginTable>>,
+    allow: Option<Spanned<Vec<Spanned<String>>>>,
+    deny: Option<Spanned<Vec<Spanned<String>>>>,
+    rate_limit: Option<Spanned<edge::RawRateLimit>>,
 }
 
 /// Keys allowed in each table, for the unknown-key hint.
@@ -451,21 +508,26 @@ fn allowed_keys(parent: &str) -> &'static str {
     match parent {
         "" => "proxy, plugins, admin, metrics, pools, routes",
         "metrics" => "listen",
-        "proxy" => "listen, threads, router, router_config",
+        "proxy" => {
+            "listen, threads, router, router_config, tls, redirect_to_https, grace_period, max_header_bytes, max_headers, max_body_bytes, client_timeout, trusted_proxies, access_log"
+        }
+        "proxy.tls" => "listen, certificates, http2",
+        "proxy.tls.certificates" => "cert, key",
+        "routes.rate_limit" => "per_second, burst",
         "plugins" => "dir, cache_dir, limits",
         "admin" => "socket",
         "plugins.limits" | "pools.limits" => {
             "call_timeout, init_timeout, memory, quarantine_after, quarantine_window, quarantine_backoff, quarantine_max"
         }
         "pools" => {
-            "name, balancer, balancer_config, backends, connect_timeout, retries, on_plugin_failure, limits, health_check, outlier_detection"
+            "name, balancer, balancer_config, backends, connect_timeout, retries, on_plugin_failure, limits, health_check, outlier_detection, read_timeout, write_timeout, idle_timeout, retry_on, retry_budget_percent, tls, sni, tls_verify, ca_file, protocol"
         }
         "pools.backends" => "addr, weight, backup",
         "pools.health_check" => "kind, path, interval, timeout, rise, fall, expect_status",
         "pools.outlier_detection" => {
             "consecutive_failures, base_ejection, max_ejection, max_ejected_percent"
         }
-        "routes" => "host, path_prefix, pool, router, router_config",
+        "routes" => "host, path_prefix, pool, router, router_config, allow, deny, rate_limit",
         _ => "see the configuration reference in the README",
     }
 }
@@ -754,6 +816,12 @@ impl Validator<'_> {
             listen: Vec::new(),
             threads: 1,
             router: None,
+            tls: Vec::new(),
+            redirect_to_https: false,
+            grace_period: DEFAULT_GRACE_PERIOD,
+            limits: RequestLimits::default(),
+            trusted_proxies: Vec::new(),
+            access_log: AccessLog::Text,
         };
         let Some(raw) = raw else {
             self.errors.push(ConfigError::Invalid {
@@ -771,8 +839,9 @@ impl Validator<'_> {
             plugins,
             catalog,
         );
+        self.proxy_edge(&raw, &mut settings);
         match raw.listen {
-            Some(list) if !list.get_ref().is_empty() => {
+            Some(list) if !list.get_ref().is_empty() || !settings.tls.is_empty() => {
                 for (i, addr) in list.get_ref().iter().enumerate() {
                     match addr.get_ref().parse::<SocketAddr>() {
                         Ok(a) => settings.listen.push(a),
@@ -785,6 +854,7 @@ impl Validator<'_> {
                 "proxy.listen",
                 "is empty; give at least one address, like [\"127.0.0.1:8080\"]",
             ),
+            None if !settings.tls.is_empty() => {}
             None => self.errors.push(ConfigError::Invalid {
                 at: self.at(0..0),
                 field: "proxy.listen".into(),
@@ -998,7 +1068,13 @@ impl Validator<'_> {
             .outlier_detection
             .as_ref()
             .map(|o| self.outlier(o, &format!("pools[{i}].outlier_detection")));
+        let upstream = self.pool_upstream(i, raw);
         Some(PoolConfig {
+            timeouts: upstream.timeouts,
+            retry_on: upstream.retry_on,
+            retry_budget_percent: upstream.retry_budget_percent,
+            tls: upstream.tls,
+            protocol: upstream.protocol,
             outlier_detection,
             health_check,
             name,
@@ -1275,11 +1351,15 @@ impl Validator<'_> {
             plugins,
             catalog,
         );
+        let access = self.route_access(i, raw);
         ok.then_some(RouteConfig {
             host,
             path_prefix,
             pool,
             router,
+            allow: access.allow,
+            deny: access.deny,
+            rate_limit: access.rate_limit,
         })
     }
 }
@@ -1316,7 +1396,7 @@ fn parse_status_range(text: &str) -> Option<(u16, u16)> {
 }
 
 /// `"16MiB"`, `"512KiB"`, `"1GiB"` or a plain number of bytes.
-fn parse_bytes(text: &str) -> Option<u64> {
+pub(crate) fn parse_bytes(text: &str) -> Option<u64> {
     let text = text.trim();
     let split = text
         .find(|c: char| !c.is_ascii_digit())

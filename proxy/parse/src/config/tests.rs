@@ -15,6 +15,11 @@ fn outcome(file: &Path, text: &str) -> String {
                 "plugins: dir {:?}, limits {:?}\n",
                 c.plugins.dir, c.plugins.limits
             ));
+            let p = &c.proxy;
+            out.push_str(&format!(
+                "edge: tls {:?}, redirect {}, grace {:?}, limits {:?}, trusted {:?}, access_log {:?}\n",
+                p.tls, p.redirect_to_https, p.grace_period, p.limits, p.trusted_proxies, p.access_log
+            ));
             for p in &c.pools {
                 out.push_str(&format!(
                     "pool {}: balancer {} at {}, config {:?}, connect_timeout {:?}, retries {}, on_plugin_failure {:?}\n  limits {:?}\n  health_check {:?}\n",
@@ -28,6 +33,10 @@ fn outcome(file: &Path, text: &str) -> String {
                     p.limits,
                     p.health_check
                 ));
+                out.push_str(&format!(
+                    "  timeouts {:?}, retry_on {:?}, retry_budget {}%, tls {:?}, protocol {:?}\n",
+                    p.timeouts, p.retry_on, p.retry_budget_percent, p.tls, p.protocol
+                ));
                 for b in &p.backends {
                     out.push_str(&format!(
                         "  backend {} weight {} backup {}\n",
@@ -40,6 +49,12 @@ fn outcome(file: &Path, text: &str) -> String {
                     "route host {:?} prefix {:?} -> {}\n",
                     r.host, r.path_prefix, r.pool
                 ));
+                if !r.allow.is_empty() || !r.deny.is_empty() || r.rate_limit.is_some() {
+                    out.push_str(&format!(
+                        "  allow {:?}, deny {:?}, rate_limit {:?}\n",
+                        r.allow, r.deny, r.rate_limit
+                    ));
+                }
             }
             out
         }

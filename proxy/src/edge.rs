@@ -1,0 +1,299 @@
+//! Native checks at the edge, before any plugin runs: who the client is (behind trusted
+//! proxies), per-route allow/deny lists and rate limits, and the size of what a client
+//! sends.
+
+use ipnet::IpNet;
+use parking_lot::Mutex;
+use pingora::http::RequestHeader;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use crate::config::{RateLimit, RequestLimits, RouteConfig};
+
+/// The client's address: the peer, or — when the peer is a trusted proxy — the
+/// right-most address in `X-Forwarded-For` that is not itself trusted (nginx's
+/// `real_ip_recursive on`). Addresses a client wrote further left are never believed.
+pub fn client_ip(
+    peer: Option<IpAddr>,
+    header: &RequestHeader,
+    trusted: &[IpNet],
+) -> Option<IpAddr> {
+    let peer = peer?;
+    if !is_in(peer, trusted) {
+        return Some(peer);
+    }
+    let mut client = peer;
+    for value in header.headers.get_all("x-forwarded-for") {
+        let Ok(value) = value.to_str() else { break };
+        for hop in value.rsplit(',') {
+            let Ok(ip) = hop.trim().parse::<IpAddr>() else {
+                return Some(client);
+            };
+            client = ip;
+            if !is_in(ip, trusted) {
+                return Some(client);
+            }
+        }
+    }
+    Some(client)
+}
+
+fn is_in(ip: IpAddr, networks: &[IpNet]) -> bool {
+    let ip = canonical(ip);
+    networks.iter().any(|n| n.contains(&ip))
+}
+
+/// An IPv4-mapped IPv6 address (`::ffff:192.0.2.1`, what a dual-stack listener
+/// reports) as the IPv4 address it is, so IPv4 rules apply to it.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// Why a request was refused at the edge.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// 403: the client's address is denied, or not allowed.
+    Forbidden,
+    /// 429: the client exceeded the route's rate; try again after this long.
+    RateLimited(Duration),
+}
+
+impl Refusal {
+    /// Label for the `switchyard_refused_total` metric.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Refusal::Forbidden => "access_denied",
+            Refusal::RateLimited(_) => "rate_limited",
+        }
+    }
+}
+
+/// A route's access rules.
+#[derive(Debug, Default)]
+pub struct RoutePolicy {
+    allow: Vec<IpNet>,
+    deny: Vec<IpNet>,
+    limiter: Option<RateLimiter>,
+}
+
+impl RoutePolicy {
+    /// The rules of `route`.
+    pub fn new(route: &RouteConfig) -> Self {
+        RoutePolicy {
+            allow: route.allow.clone(),
+            deny: route.deny.clone(),
+            limiter: route.rate_limit.map(RateLimiter::new),
+        }
+    }
+
+    /// Whether `client` may go on. An unknown client (no IP peer, e.g. a Unix socket)
+    /// is judged by the rate limiter not at all and by the lists as not matching.
+    pub fn check(&self, client: Option<IpAddr>) -> Result<(), Refusal> {
+        let listed = |nets: &[IpNet]| client.is_some_and(|ip| is_in(ip, nets));
+        if listed(&self.deny) || (!self.allow.is_empty() && !listed(&self.allow)) {
+            return Err(Refusal::Forbidden);
+        }
+        match (&self.limiter, client) {
+            (Some(limiter), Some(ip)) => limiter.take(canonical(ip), Instant::now()),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Token buckets by client address.
+///
+/// Each client's bucket holds up to `burst` tokens and gains `per_second` tokens a
+/// second; a request takes one, and with none left is refused for the time until
+/// the next token: `wait = (1 − tokens) / per_second`.
+#[derive(Debug)]
+pub struct RateLimiter {
+    rate: RateLimit,
+    buckets: Mutex<HashMap<IpAddr, Bucket>>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+/// Clients remembered before idle (full) buckets are forgotten.
+const BUCKETS_BEFORE_SWEEP: usize = 65_536;
+
+impl RateLimiter {
+    /// An empty limiter.
+    pub fn new(rate: RateLimit) -> Self {
+        RateLimiter {
+            rate,
+            buckets: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Takes a token for `client` at `now`, or says how long until one is there.
+    pub fn take(&self, client: IpAddr, now: Instant) -> Result<(), Refusal> {
+        let per_second = f64::from(self.rate.per_second);
+        let burst = f64::from(self.rate.burst);
+        let refill = |b: &Bucket| {
+            (b.tokens + now.saturating_duration_since(b.at).as_secs_f64() * per_second).min(burst)
+        };
+        let mut buckets = self.buckets.lock();
+        if buckets.len() >= BUCKETS_BEFORE_SWEEP {
+            // A full bucket is the same as no bucket: forget those clients.
+            buckets.retain(|_, b| refill(b) < burst);
+        }
+        let bucket = buckets.entry(client).or_insert(Bucket {
+            tokens: burst,
+            at: now,
+        });
+        let tokens = refill(bucket);
+        bucket.at = now;
+        if tokens >= 1.0 {
+            bucket.tokens = tokens - 1.0;
+            Ok(())
+        } else {
+            bucket.tokens = tokens;
+            Err(Refusal::RateLimited(Duration::from_secs_f64(
+                (1.0 - tokens) / per_second,
+            )))
+        }
+    }
+}
+
+/// Whether a request header is within `limits`: `Err` names the limit exceeded.
+pub fn header_within(header: &RequestHeader, limits: &RequestLimits) -> Result<(), String> {
+    let count = header.headers.len();
+    if count > limits.max_headers {
+        return Err(format!(
+            "{count} header fields; at most {} are accepted",
+            limits.max_headers
+        ));
+    }
+    let line = header.method.as_str().len() + header.uri.to_string().len() + 12;
+    let bytes = line
+        + header
+            .headers
+            .iter()
+            .map(|(name, value)| name.as_str().len() + value.len() + 4)
+            .sum::<usize>();
+    if bytes as u64 > limits.max_header_bytes {
+        return Err(format!(
+            "the request header is {bytes} bytes; at most {} are accepted",
+            limits.max_header_bytes
+        ));
+    }
+    Ok(())
+}
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1), which describe one connection and must not be
+/// forwarded. `Connection` and `Upgrade` are left to Pingora, which needs them to pass
+/// WebSocket upgrades through; `TE: trailers` is kept because gRPC requires it.
+pub const HOP_BY_HOP: [&str; 4] = [
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authorization",
+    "proxy-authenticate",
+];
+
+/// Removes hop-by-hop headers from a request going upstream, including those the
+/// client named in `Connection` (other than `Upgrade`, which Pingora handles).
+pub fn strip_hop_by_hop(header: &mut RequestHeader) {
+    let named: Vec<String> = header
+        .headers
+        .get_all("connection")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().to_ascii_lowercase())
+        .filter(|t| !t.is_empty() && t != "upgrade" && t != "close" && t != "keep-alive")
+        .collect();
+    for name in HOP_BY_HOP
+        .iter()
+        .copied()
+        .chain(named.iter().map(String::as_str))
+    {
+        header.remove_header(name);
+    }
+    let te_is_trailers = header
+        .headers
+        .get("te")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("trailers"));
+    if !te_is_trailers {
+        header.remove_header("te");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(xff: &[&str]) -> RequestHeader {
+        let mut h = RequestHeader::build("GET", b"/", None).unwrap();
+        for v in xff {
+            h.append_header("x-forwarded-for", *v).unwrap();
+        }
+        h
+    }
+
+    #[test]
+    fn client_ip_believes_only_trusted_hops() {
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let peer = Some("10.0.0.5".parse().unwrap());
+        // A client spoofing the left-most entry is not believed.
+        let h = header(&["1.1.1.1, 203.0.113.9, 10.0.0.7"]);
+        assert_eq!(client_ip(peer, &h, &trusted), "203.0.113.9".parse().ok());
+        // An untrusted peer's header is ignored.
+        let stranger = Some("198.51.100.1".parse().unwrap());
+        assert_eq!(client_ip(stranger, &h, &trusted), stranger);
+        // No trusted proxies: the peer.
+        assert_eq!(client_ip(peer, &h, &[]), peer);
+    }
+
+    #[test]
+    fn deny_beats_allow_and_ipv4_mapped_addresses_match_ipv4_rules() {
+        let route = RouteConfig {
+            host: None,
+            path_prefix: "/".into(),
+            pool: "p".into(),
+            router: None,
+            allow: vec![
+                "192.0.2.0/24".parse().unwrap(),
+                "2001:db8::/32".parse().unwrap(),
+            ],
+            deny: vec!["192.0.2.66/32".parse().unwrap()],
+            rate_limit: None,
+        };
+        let policy = RoutePolicy::new(&route);
+        let ip = |s: &str| Some(s.parse::<IpAddr>().unwrap());
+        assert_eq!(policy.check(ip("192.0.2.1")), Ok(()));
+        assert_eq!(policy.check(ip("::ffff:192.0.2.1")), Ok(()));
+        assert_eq!(policy.check(ip("2001:db8::1")), Ok(()));
+        assert_eq!(policy.check(ip("192.0.2.66")), Err(Refusal::Forbidden));
+        assert_eq!(policy.check(ip("198.51.100.1")), Err(Refusal::Forbidden));
+    }
+
+    #[test]
+    fn token_bucket_allows_burst_then_rate() {
+        let limiter = RateLimiter::new(RateLimit {
+            per_second: 10,
+            burst: 3,
+        });
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        let t0 = Instant::now();
+        for _ in 0..3 {
+            assert_eq!(limiter.take(ip, t0), Ok(()));
+        }
+        let Err(Refusal::RateLimited(wait)) = limiter.take(ip, t0) else {
+            panic!("the fourth request at once must be refused");
+        };
+        assert!(wait <= Duration::from_millis(100), "{wait:?}");
+        // Another client has its own bucket.
+        assert_eq!(limiter.take("192.0.2.2".parse().unwrap(), t0), Ok(()));
+        // A token comes back after 1/10 s.
+        assert_eq!(limiter.take(ip, t0 + Duration::from_millis(101)), Ok(()));
+    }
+}
