@@ -129,6 +129,7 @@ async fn refusals_get_their_status_and_are_counted() {
         9.0,
         "refusals are 4xx answers without a pool: {text}"
     );
+    promtool_check(&text);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -248,4 +249,66 @@ async fn the_access_log_has_one_json_line_per_request() {
         fields["total_us"].as_u64().unwrap() >= fields["upstream_us"].as_u64().unwrap(),
         "{line}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_client_that_stalls_its_body_gets_408() {
+    // A backend that reads the whole body before answering, as an application would.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let mut seen = Vec::new();
+                loop {
+                    let n = s.read(&mut buf).await.unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    seen.extend_from_slice(&buf[..n]);
+                    if let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n")
+                        && seen.len() >= end + 4 + 10
+                    {
+                        break;
+                    }
+                }
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                    .await;
+            });
+        }
+    });
+    let proxy = Proxy::start_with(
+        "client_timeout = \"300ms\"\n",
+        &format!(
+            "[[pools]]\nname = \"web\"\nbalancer = \"round-robin\"\nbackends = [{{ addr = \"{backend}\" }}]\n"
+        ),
+        &[],
+    );
+    let started = std::time::Instant::now();
+    let mut s = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(b"POST /upload HTTP/1.1\r\nhost: localhost\r\ncontent-length: 10\r\n\r\nab")
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), s.read_to_end(&mut out)).await;
+    let text = String::from_utf8_lossy(&out);
+    assert!(
+        text.starts_with("HTTP/1.1 408"),
+        "{text:?} after {:?}",
+        started.elapsed()
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    // The whole body in time is served.
+    let full = raw_request(
+        proxy.addr,
+        b"POST /upload HTTP/1.1\r\nhost: localhost\r\ncontent-length: 10\r\nconnection: close\r\n\r\n0123456789",
+    )
+    .await;
+    assert!(full.starts_with("HTTP/1.1 200"), "{full}");
 }

@@ -217,6 +217,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
         .map_err(|e| StartError::Admin(format!("cannot watch for SIGTERM: {e}")))?;
     let conf = ServerConf {
         threads: config.proxy.threads,
+        work_stealing: config.proxy.work_stealing,
         // Pingora waits this long after SIGTERM; `shutdown` exits as soon as the
         // requests in flight are done.
         grace_period_seconds: Some(grace.as_secs() + u64::from(grace.subsec_nanos() > 0)),

@@ -189,7 +189,7 @@ def haproxy_system(balance, upstreams, threads):
         (d / "haproxy.cfg").write_text(f"""
 global
   nbthread {threads}
-  maxconn 20000
+  maxconn 4096
 defaults
   mode http
   timeout connect 5s
@@ -358,7 +358,7 @@ def main():
     target = target_dir()
     if not args.skip_build:
         log("building release binaries (switchyard, perf-upstream)")
-        subprocess.run(["cargo", "build", "--release", "-p", "switchyard", "--bin", "switchyard",
+        subprocess.run(["cargo", "build", "--release", "-p", "switchyard",
                         "-p", "perf-upstream"], cwd=REPO, check=True)
     binary = target / "release" / "switchyard"
     upstream_bin = target / "release" / "perf-upstream"

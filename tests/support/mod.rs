@@ -493,3 +493,39 @@ async fn drive(
     }
     result
 }
+
+/// Runs `promtool check metrics` on `text` where promtool is installed (`.ci/run`
+/// installs it) and fails on any complaint; elsewhere says it was skipped.
+pub fn promtool_check(text: &str) {
+    match Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+    {
+        Ok(mut child) => {
+            use std::io::Write;
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(text.as_bytes())
+                .unwrap();
+            let out = child.wait_with_output().unwrap();
+            let report = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(
+                out.status.success(),
+                "promtool check metrics failed:\n{report}"
+            );
+            println!("promtool check metrics: ok {}", report.trim());
+        }
+        Err(_) => println!(
+            "promtool is not installed here (`.ci/run` installs it); the format was checked by the assertions only"
+        ),
+    }
+}

@@ -151,6 +151,9 @@ pub struct ProxySettings {
     pub trusted_proxies: Vec<IpNet>,
     /// Access log: off, text or JSON.
     pub access_log: AccessLog,
+    /// One tokio runtime shared by all worker threads (tasks move between them), instead
+    /// of one runtime per thread as nginx has one event loop per worker.
+    pub work_stealing: bool,
 }
 
 /// A router plugin named by `[proxy]` or a route, with its `router_config`.
@@ -406,6 +409,7 @@ struct RawProxy {
     client_timeout: Option<Spanned<String>>,
     trusted_proxies: Option<Spanned<Vec<Spanned<String>>>>,
     access_log: Option<Spanned<String>>,
+    work_stealing: Option<Spanned<bool>>,
 }
 
 /// `balancer_config` / `router_config`: scalars by key.
@@ -509,7 +513,7 @@ fn allowed_keys(parent: &str) -> &'static str {
         "" => "proxy, plugins, admin, metrics, pools, routes",
         "metrics" => "listen",
         "proxy" => {
-            "listen, threads, router, router_config, tls, redirect_to_https, grace_period, max_header_bytes, max_headers, max_body_bytes, client_timeout, trusted_proxies, access_log"
+            "listen, threads, router, router_config, tls, redirect_to_https, grace_period, max_header_bytes, max_headers, max_body_bytes, client_timeout, trusted_proxies, access_log, work_stealing"
         }
         "proxy.tls" => "listen, certificates, http2",
         "proxy.tls.certificates" => "cert, key",
@@ -822,6 +826,7 @@ impl Validator<'_> {
             limits: RequestLimits::default(),
             trusted_proxies: Vec::new(),
             access_log: AccessLog::Text,
+            work_stealing: false,
         };
         let Some(raw) = raw else {
             self.errors.push(ConfigError::Invalid {
@@ -861,6 +866,7 @@ impl Validator<'_> {
                 problem: "missing; add listen = [\"127.0.0.1:8080\"] to [proxy]".into(),
             }),
         }
+        settings.work_stealing = raw.work_stealing.as_ref().is_some_and(|w| *w.get_ref());
         if let Some(threads) = raw.threads {
             match usize::try_from(*threads.get_ref()) {
                 Ok(n) if (1..=1024).contains(&n) => settings.threads = n,
