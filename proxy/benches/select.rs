@@ -121,6 +121,11 @@ fn choose(c: &mut Criterion) {
 }
 
 fn report_allocations() {
+    // The control: one allocation per call must read 1.00.
+    let control = allocations_per_call(|| {
+        black_box(Vec::<u8>::with_capacity(16));
+    });
+    eprintln!("allocations per Vec::with_capacity (control): {control:.2}");
     let registry = PluginRegistry::new(PluginEngine::new().unwrap(), None, None).unwrap();
     for (name, native) in [
         ("round-robin", false),

@@ -115,9 +115,15 @@ pool = "rr"
                              env={**os.environ, "RUST_LOG": "warn"}, stderr=open(work / "log", "w"))
     try:
         deadline = time.time() + 30
-        while not (work / "admin.sock").exists():
+        while True:
             if time.time() > deadline or proxy.poll() is not None:
                 raise SystemExit(f"memory: switchyard did not start:\n{(work / 'log').read_text()}")
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                if (work / "admin.sock").exists():
+                    break
+            except OSError:
+                pass
             time.sleep(0.05)
         for path in ["/", "/swapped"]:
             urllib.request.urlopen(f"http://127.0.0.1:{port}{path}").read()

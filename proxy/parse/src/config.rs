@@ -151,8 +151,10 @@ pub struct ProxySettings {
     pub trusted_proxies: Vec<IpNet>,
     /// Access log: off, text or JSON.
     pub access_log: AccessLog,
-    /// One tokio runtime shared by all worker threads (tasks move between them), instead
-    /// of one runtime per thread as nginx has one event loop per worker.
+    /// One tokio runtime shared by all worker threads, so tasks move to an idle thread
+    /// and a slow plugin call can leave its thread (`block_in_place`); `false` runs one
+    /// event loop per thread, as nginx workers do: fewer context switches, but a slow
+    /// plugin call holds up the other requests of its thread.
     pub work_stealing: bool,
 }
 
@@ -826,7 +828,7 @@ impl Validator<'_> {
             limits: RequestLimits::default(),
             trusted_proxies: Vec::new(),
             access_log: AccessLog::Text,
-            work_stealing: false,
+            work_stealing: true,
         };
         let Some(raw) = raw else {
             self.errors.push(ConfigError::Invalid {
@@ -866,7 +868,7 @@ impl Validator<'_> {
                 problem: "missing; add listen = [\"127.0.0.1:8080\"] to [proxy]".into(),
             }),
         }
-        settings.work_stealing = raw.work_stealing.as_ref().is_some_and(|w| *w.get_ref());
+        settings.work_stealing = raw.work_stealing.as_ref().is_none_or(|w| *w.get_ref());
         if let Some(threads) = raw.threads {
             match usize::try_from(*threads.get_ref()) {
                 Ok(n) if (1..=1024).contains(&n) => settings.threads = n,

@@ -12,7 +12,7 @@
 use pingora::http::RequestHeader;
 use std::net::SocketAddr;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 use wasmtime::Store;
@@ -203,6 +203,10 @@ pub struct PluginInstance<W> {
     /// Timed lock: a caller waits at most one call budget for a busy instance.
     live: parking_lot::Mutex<Option<Live<W>>>,
     health: Mutex<Health>,
+    /// False while `health` holds no quarantine and no recent slow call: the common
+    /// case, checked on every call without taking the lock. Set and cleared only with
+    /// the lock held.
+    troubled: AtomicBool,
     /// Call and failure counts.
     pub stats: CallStats,
 }
@@ -238,6 +242,7 @@ impl<W: World> PluginInstance<W> {
                 quarantines: 0,
                 last_slow: None,
             }),
+            troubled: AtomicBool::new(false),
             stats: CallStats::default(),
         };
         let live = balancer.instantiate()?;
@@ -331,7 +336,16 @@ impl<W: World> PluginInstance<W> {
 
     /// `Some(why)` while quarantined.
     fn quarantined_for(&self) -> Option<String> {
+        if !self.troubled.load(Ordering::Acquire) {
+            return None;
+        }
         let health = self.health.lock().unwrap_or_else(PoisonError::into_inner);
+        let slow = health
+            .last_slow
+            .is_some_and(|t| t.elapsed() < self.limits.quarantine_window);
+        if health.until.is_none() && !slow {
+            self.troubled.store(false, Ordering::Release);
+        }
         let until = health.until?;
         let now = Instant::now();
         (until > now).then(|| {
@@ -344,6 +358,9 @@ impl<W: World> PluginInstance<W> {
     }
 
     fn note_success(&self) {
+        if !self.troubled.load(Ordering::Acquire) {
+            return;
+        }
         let mut health = self.health.lock().unwrap_or_else(PoisonError::into_inner);
         if health.until.is_some() {
             // The call after a quarantine succeeded: back to normal.
@@ -364,6 +381,7 @@ impl<W: World> PluginInstance<W> {
             Some(FailureKind::Timeout | FailureKind::Busy)
         ) {
             health.last_slow = Some(now);
+            self.troubled.store(true, Ordering::Release);
         }
         if self.limits.quarantine_after == 0 {
             return;
@@ -375,6 +393,7 @@ impl<W: World> PluginInstance<W> {
         if on_probation || health.recent.len() >= self.limits.quarantine_after as usize {
             let backoff = health.backoff;
             health.until = Some(now + backoff);
+            self.troubled.store(true, Ordering::Release);
             health.backoff = (backoff * 2).min(self.limits.quarantine_max);
             health.recent.clear();
             health.quarantines += 1;
@@ -385,6 +404,9 @@ impl<W: World> PluginInstance<W> {
     /// True when a call ran out its budget within the last quarantine window: the next
     /// calls may too, so the caller should not hold up other work meanwhile.
     pub fn is_slow(&self) -> bool {
+        if !self.troubled.load(Ordering::Acquire) {
+            return false;
+        }
         let health = self.health.lock().unwrap_or_else(PoisonError::into_inner);
         health
             .last_slow
@@ -464,6 +486,7 @@ impl<W: World> PluginInstance<W> {
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
                     .last_slow = Some(Instant::now());
+                self.troubled.store(true, Ordering::Release);
             }
             let error = self.call_error(call, e);
             if let Some(kind) = error.failure_kind() {
