@@ -13,7 +13,6 @@ request per reload goes through the swapped pool. Prints a Markdown table.
 """
 
 import argparse
-import json
 import os
 import shutil
 import socket
@@ -24,21 +23,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-
-
-def target_dir():
-    if "CARGO_TARGET_DIR" in os.environ:
-        return Path(os.environ["CARGO_TARGET_DIR"])
-    meta = subprocess.run(["cargo", "metadata", "--format-version", "1", "--no-deps"],
-                          cwd=REPO, check=True, capture_output=True, text=True)
-    return Path(json.loads(meta.stdout)["target_directory"])
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+# Shared with the load benchmark beside this file.
+from side_by_side import REPO, free_port, target_dir  # noqa: E402
 
 
 def rss_mib(pid):
