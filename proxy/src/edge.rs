@@ -39,7 +39,8 @@ pub fn client_ip(
     Some(client)
 }
 
-fn is_in(ip: IpAddr, networks: &[IpNet]) -> bool {
+/// Whether `ip` is in one of `networks` (an IPv4-mapped IPv6 address as its IPv4 self).
+pub fn is_in(ip: IpAddr, networks: &[IpNet]) -> bool {
     let ip = canonical(ip);
     networks.iter().any(|n| n.contains(&ip))
 }
@@ -172,7 +173,8 @@ pub fn header_within(header: &RequestHeader, limits: &RequestLimits) -> Result<(
             limits.max_headers
         ));
     }
-    let line = header.method.as_str().len() + header.uri.to_string().len() + 12;
+    // Request line: method, target as sent, "HTTP/1.1", two spaces and CRLF.
+    let line = header.method.as_str().len() + header.raw_path().len() + 12;
     let bytes = line
         + header
             .headers

@@ -590,14 +590,8 @@ impl ProxyHttp for Switchyard {
             upstream.insert_header("x-forwarded-for", forwarded)?;
         }
         // Behind a trusted TLS terminator, keep the scheme it reported.
-        let trusted_peer = peer.is_some_and(|ip| {
-            self.runtime
-                .load()
-                .edge
-                .trusted_proxies
-                .iter()
-                .any(|n| n.contains(&ip))
-        });
+        let trusted_peer =
+            peer.is_some_and(|ip| edge::is_in(ip, &self.runtime.load().edge.trusted_proxies));
         if !(trusted_peer && upstream.headers.contains_key("x-forwarded-proto")) {
             upstream.insert_header("x-forwarded-proto", proto)?;
         }
