@@ -179,3 +179,58 @@ async fn a_backend_failing_in_a_row_is_ejected_readmitted_and_the_ejected_share_
     }
     assert!(proxy.log().contains("backend ejected by outlier detection"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_ejection_time_doubles_on_repeat_and_decays_after_healthy_service() {
+    let b = backends(&[0, 0]).await;
+    let proxy = Proxy::start(
+        &format!(
+            "[[pools]]\nname = \"web\"\nbalancer = \"round-robin\"\nbackends = {}\n\
+             outlier_detection = {{ consecutive_failures = 2, base_ejection = \"300ms\", max_ejection = \"10s\", max_ejected_percent = 50 }}\n",
+            backends_toml(&b, &[])
+        ),
+        &[],
+    );
+    // The ejection times logged so far, in order.
+    let ejections = |p: &Proxy| -> Vec<String> {
+        p.log()
+            .lines()
+            .filter(|l| l.contains("backend ejected by outlier detection"))
+            .filter_map(|l| l.split("for_=").nth(1))
+            .map(|t| t.split_whitespace().next().unwrap_or("").to_owned())
+            .collect()
+    };
+    let fail_until_ejected = |n: usize| {
+        let addr = proxy.addr;
+        let proxy = &proxy;
+        async move {
+            for _ in 0..40 {
+                get(addr, "/").await;
+                if ejections(proxy).len() == n {
+                    return;
+                }
+            }
+            panic!("no ejection number {n}: {:?}", ejections(proxy));
+        }
+    };
+    b[0].control.set_status(500);
+    fail_until_ejected(1).await;
+    // Out again right after re-admission: twice as long.
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    fail_until_ejected(2).await;
+    assert_eq!(ejections(&proxy), ["300ms", "600ms"]);
+    // Healthy for longer than one base ejection after coming back: one step off.
+    tokio::time::sleep(Duration::from_millis(650)).await;
+    b[0].control.set_status(200);
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    for _ in 0..6 {
+        assert_eq!(get(proxy.addr, "/").await.status, 200);
+    }
+    b[0].control.set_status(500);
+    fail_until_ejected(3).await;
+    assert_eq!(
+        ejections(&proxy),
+        ["300ms", "600ms", "600ms"],
+        "decayed from ×4 to ×2"
+    );
+}
