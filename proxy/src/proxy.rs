@@ -175,6 +175,16 @@ async fn respond(
     Ok(true)
 }
 
+/// Appends `element` to the comma-separated list header `name` (a proxy's hop in
+/// `Forwarded` or `X-Forwarded-For`), keeping what earlier hops wrote.
+fn append_to_list(header: &mut RequestHeader, name: &'static str, element: String) -> Result<()> {
+    let value = match header.headers.get(name).and_then(|v| v.to_str().ok()) {
+        Some(earlier) => format!("{earlier}, {element}"),
+        None => element,
+    };
+    header.insert_header(name, value)
+}
+
 /// Answers `status` for a request refused at the edge, counting it by `reason`.
 async fn refuse(session: &mut Session, status: u16, reason: &str, text: String) -> Result<bool> {
     if let Some(m) = crate::metrics::DATA_PATH.as_ref() {
@@ -567,27 +577,11 @@ impl ProxyHttp for Switchyard {
             {
                 element.push_str(&format!(";host={host}"));
             }
-            let forwarded = match upstream
-                .headers
-                .get("forwarded")
-                .and_then(|v| v.to_str().ok())
-            {
-                Some(earlier) => format!("{earlier}, {element}"),
-                None => element,
-            };
-            upstream.insert_header("forwarded", forwarded)?;
+            append_to_list(upstream, "forwarded", element)?;
         }
         // As nginx's $proxy_add_x_forwarded_for: append the client to what came in.
-        if let Some(ip) = peer.map(|ip| ip.to_string()) {
-            let forwarded = match upstream
-                .headers
-                .get("x-forwarded-for")
-                .and_then(|v| v.to_str().ok())
-            {
-                Some(earlier) => format!("{earlier}, {ip}"),
-                None => ip,
-            };
-            upstream.insert_header("x-forwarded-for", forwarded)?;
+        if let Some(ip) = peer {
+            append_to_list(upstream, "x-forwarded-for", ip.to_string())?;
         }
         // Behind a trusted TLS terminator, keep the scheme it reported.
         let trusted_peer =
