@@ -26,10 +26,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::config::{AccessLog, RequestLimits};
+use crate::config::{AccessLog, RequestLimits, UpstreamProtocol};
 use crate::edge::{self, Refusal, RoutePolicy};
-
-use crate::config::UpstreamProtocol;
 use crate::plugin::request::request_host;
 use crate::plugin::{PoolBalancer, RouteDecision, RouterInstance};
 use crate::pool::{Decision, Pool};
@@ -186,11 +184,17 @@ fn append_to_list(header: &mut RequestHeader, name: &'static str, element: Strin
 }
 
 /// Answers `status` for a request refused at the edge, counting it by `reason`.
-async fn refuse(session: &mut Session, status: u16, reason: &str, text: String) -> Result<bool> {
+async fn refuse(
+    session: &mut Session,
+    status: u16,
+    reason: &str,
+    headers: Vec<(String, String)>,
+    text: String,
+) -> Result<bool> {
     if let Some(m) = crate::metrics::DATA_PATH.as_ref() {
         m.refused(reason);
     }
-    respond(session, status, Vec::new(), text).await
+    respond(session, status, headers, text).await
 }
 
 /// 308 to the same host and path on the HTTPS listener's port.
@@ -243,7 +247,6 @@ struct Attempt {
 /// Per-request state.
 #[derive(Debug, Default)]
 pub struct RequestCtx {
-    pool: Option<Arc<Pool>>,
     attempt: Option<Attempt>,
     /// Backends that already failed this request.
     excluded: Vec<usize>,
@@ -259,7 +262,7 @@ pub struct RequestCtx {
     tls: bool,
     /// Request body bytes seen so far.
     body_bytes: u64,
-    /// Keeps the request counted in its pool while it lives.
+    /// The pool serving the request, which counts it while it lives.
     entry: Option<PoolEntry>,
     /// Time to the response header of the last attempt.
     upstream_time: Option<Duration>,
@@ -281,11 +284,15 @@ impl Drop for PoolEntry {
 }
 
 impl RequestCtx {
+    /// The pool serving the request, once routed.
+    fn pool(&self) -> Option<&Arc<Pool>> {
+        self.entry.as_ref().map(|e| &e.pool)
+    }
+
     /// Sends the request to `pool`, counting it there until the context is dropped.
     fn enter(&mut self, pool: Option<&Arc<Pool>>) {
         if let Some(pool) = pool {
             pool.request_started();
-            self.pool = Some(Arc::clone(pool));
             self.entry = Some(PoolEntry {
                 pool: Arc::clone(pool),
                 retry_granted: false,
@@ -299,15 +306,13 @@ impl RequestCtx {
     /// budget. Retries of a connection that never opened are not budgeted: no backend did
     /// any work, so they cannot multiply its load, and `retries` bounds them.
     fn may_retry(&mut self, tried: &[usize], budgeted: bool) -> bool {
-        let Some(pool) = self.pool.clone() else {
-            return false;
-        };
-        if tried.len().saturating_sub(1) >= pool.retries as usize || !pool.has_candidate(tried) {
-            return false;
-        }
         let Some(entry) = self.entry.as_mut() else {
             return false;
         };
+        let pool = &entry.pool;
+        if tried.len().saturating_sub(1) >= pool.retries as usize || !pool.has_candidate(tried) {
+            return false;
+        }
         if budgeted && !entry.retry_granted {
             if !pool.grant_retry() {
                 if let Some(m) = crate::metrics::DATA_PATH.as_ref() {
@@ -322,7 +327,7 @@ impl RequestCtx {
 
     /// Ends the current attempt, if any, telling the pool how it went.
     fn release(&mut self, failed: bool) {
-        let (Some(pool), Some(a)) = (&self.pool, self.attempt.take()) else {
+        let (Some(PoolEntry { pool, .. }), Some(a)) = (&self.entry, self.attempt.take()) else {
             return;
         };
         let status = if failed { 0 } else { a.status };
@@ -354,6 +359,7 @@ impl ProxyHttp for Switchyard {
                 session,
                 431,
                 "header_too_large",
+                Vec::new(),
                 format!("switchyard: {problem}\n"),
             )
             .await;
@@ -369,7 +375,7 @@ impl ProxyHttp for Switchyard {
                 "switchyard: the request body is larger than the {} bytes accepted\n",
                 edge.limits.max_body_bytes
             );
-            return refuse(session, 413, "body_too_large", text).await;
+            return refuse(session, 413, "body_too_large", Vec::new(), text).await;
         }
         if let (Some(port), false) = (edge.redirect_https_port, ctx.tls) {
             return redirect_to_https(session, port).await;
@@ -405,16 +411,13 @@ impl ProxyHttp for Switchyard {
                         ctx.client
                             .map_or("this client".to_owned(), |ip| ip.to_string())
                     );
-                    refuse(session, 403, refusal.reason(), text).await
+                    refuse(session, 403, refusal.reason(), Vec::new(), text).await
                 }
                 Refusal::RateLimited(wait) => {
                     let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-                    if let Some(m) = crate::metrics::DATA_PATH.as_ref() {
-                        m.refused(refusal.reason());
-                    }
                     let headers = vec![("retry-after".to_owned(), seconds.max(1).to_string())];
                     let text = "switchyard: too many requests from this client; retry later\n";
-                    respond(session, 429, headers, text.to_owned()).await
+                    refuse(session, 429, refusal.reason(), headers, text.to_owned()).await
                 }
             };
         }
@@ -466,7 +469,7 @@ impl ProxyHttp for Switchyard {
             let answered = a.time_to_header.is_some();
             ctx.release(!answered);
         }
-        let Some(pool) = ctx.pool.clone() else {
+        let Some(pool) = ctx.pool().cloned() else {
             return Err(Error::explain(
                 ErrorType::InternalError,
                 "request reached upstream_peer without a pool",
@@ -539,7 +542,7 @@ impl ProxyHttp for Switchyard {
         let tried = ctx.excluded.clone();
         let retry = ctx.may_retry(&tried, false);
         e.set_retry(retry);
-        if let Some(pool) = &ctx.pool
+        if let Some(pool) = ctx.pool()
             && let (Some(m), Some(b)) = (
                 crate::metrics::DATA_PATH.as_ref(),
                 failed.and_then(|i| pool.backends.get(i)),
@@ -578,9 +581,7 @@ impl ProxyHttp for Switchyard {
                 element.push_str(&format!(";host={host}"));
             }
             append_to_list(upstream, "forwarded", element)?;
-        }
-        // As nginx's $proxy_add_x_forwarded_for: append the client to what came in.
-        if let Some(ip) = peer {
+            // As nginx's $proxy_add_x_forwarded_for: append the client to what came in.
             append_to_list(upstream, "x-forwarded-for", ip.to_string())?;
         }
         // Behind a trusted TLS terminator, keep the scheme it reported.
@@ -605,16 +606,13 @@ impl ProxyHttp for Switchyard {
         a.status = status;
         a.time_to_header = Some(a.started.elapsed());
         let current = a.backend;
-        let wants_retry = ctx
-            .pool
-            .as_ref()
-            .is_some_and(|p| p.retry_on.contains(&status))
+        let wants_retry = ctx.pool().is_some_and(|p| p.retry_on.contains(&status))
             && session.req_header().method.is_idempotent();
         if wants_retry {
             let mut tried = ctx.excluded.clone();
             tried.push(current);
             if ctx.may_retry(&tried, true) {
-                if let (Some(m), Some(pool)) = (crate::metrics::DATA_PATH.as_ref(), &ctx.pool) {
+                if let (Some(m), Some(pool)) = (crate::metrics::DATA_PATH.as_ref(), ctx.pool()) {
                     m.retry(&pool.name);
                 }
                 // Nothing has gone to the client yet: Pingora asks `upstream_peer` again.
@@ -706,11 +704,11 @@ impl ProxyHttp for Switchyard {
         let backend = ctx
             .attempt
             .as_ref()
-            .and_then(|a| ctx.pool.as_ref().map(|p| p.backends[a.backend].addr));
+            .and_then(|a| ctx.pool().map(|p| p.backends[a.backend].addr));
         ctx.release(failed);
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         if let Some(m) = crate::metrics::DATA_PATH.as_ref() {
-            let pool = ctx.pool.as_ref().map_or("", |p| p.name.as_str());
+            let pool = ctx.pool().map_or("", |p| p.name.as_str());
             let backend = backend.map_or(String::new(), |a| a.to_string());
             m.request(
                 pool,
@@ -731,7 +729,7 @@ impl ProxyHttp for Switchyard {
             host = %request_host(header),
             path = %header.uri.path(),
             status,
-            pool = ctx.pool.as_ref().map_or("-", |p| p.name.as_str()),
+            pool = ctx.pool().map_or("-", |p| p.name.as_str()),
             backend = backend.map_or(String::from("-"), |a| a.to_string()),
             decision = ?ctx.decision,
             decision_us = ctx.decision_time.as_micros() as u64,
