@@ -18,11 +18,8 @@ fn sample(text: &str, name_and_labels: &str) -> f64 {
 
 /// Sends `raw` as the whole request and returns the response status line and head.
 async fn raw_request(addr: std::net::SocketAddr, raw: &[u8]) -> String {
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(raw).await.unwrap();
-    let mut out = Vec::new();
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), s.read_to_end(&mut out)).await;
-    String::from_utf8_lossy(&out).into_owned()
+    let out = raw_exchange(addr, raw, std::time::Duration::from_secs(10)).await;
+    String::from_utf8_lossy(&out.unwrap_or_else(|(_, out)| out)).into_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -5,6 +5,7 @@ mod support;
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -325,14 +326,18 @@ async fn the_admin_socket_is_private_and_shrugs_off_bad_clients() {
     let result = load(proxy.addr, "/", 4, 40).await;
     assert!(result.failures.is_empty(), "{:?}", result.failures);
 
-    // A second proxy on the same socket is refused while the first is alive.
+    // A second proxy with the same configuration is refused while the first is alive
+    // (its listener is taken), and the first one's socket still answers.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
         .args(["run", "--config"])
         .arg(proxy.config_path())
         .output()
         .unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("another switchyard is answering there"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("another process listens there"), "{stderr}");
+    let reply = send_line(&mut c, b"{\"cmd\":\"status\"}\n");
+    assert_eq!(reply["ok"], true, "{reply}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -392,4 +397,100 @@ async fn sighup_reloads_the_configuration_like_nginx() {
     assert_eq!(served_by, "b1", "SIGHUP did not reload:\n{}", proxy.log());
     assert!(proxy.alive(), "SIGHUP must not end the proxy");
     assert!(proxy.log().contains("SIGHUP: reloading the configuration"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_default_admin_socket_is_private_and_ctl_refuses_a_stranger_s_socket() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    // A system service: no XDG_RUNTIME_DIR. The socket must not be a fixed name in /tmp.
+    let home = tempfile::tempdir().unwrap();
+    let b = backends(&[0]).await;
+    let config = home.path().join("switchyard.toml");
+    let port = free_port();
+    std::fs::write(
+        &config,
+        format!(
+            "[proxy]\nlisten = [\"127.0.0.1:{port}\"]\n\n[plugins]\ncache_dir = \"\"\n\n[[pools]]\nname = \"web\"\nbalancer = \"round-robin\"\nbackends = [{{ addr = \"{}\" }}]\n",
+            b[0].addr
+        ),
+    )
+    .unwrap();
+    let euid = std::fs::metadata("/proc/self").unwrap().uid();
+    let expected = if euid == 0 {
+        std::path::PathBuf::from("/run/switchyard/admin.sock")
+    } else {
+        home.path().join(".local/state/switchyard/admin.sock")
+    };
+    let run = || {
+        Command::new(env!("CARGO_BIN_EXE_switchyard"))
+            .args(["run", "--config"])
+            .arg(&config)
+            .env_remove("XDG_RUNTIME_DIR")
+            .env_remove("XDG_STATE_HOME")
+            .env("HOME", home.path())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let ctl = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+            .arg("ctl")
+            .args(args)
+            .env_remove("XDG_RUNTIME_DIR")
+            .env_remove("XDG_STATE_HOME")
+            .env("HOME", home.path())
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    if euid == 0 {
+        // Another test may run a proxy on the same default path; take it only if free.
+        if UnixStream::connect(&expected).is_ok() {
+            println!("{} is in use; skipping", expected.display());
+            return;
+        }
+    }
+    let mut proxy = run();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while UnixStream::connect(&expected).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no socket at {}",
+            expected.display()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let dir = expected.parent().unwrap();
+    assert_eq!(
+        std::fs::metadata(dir).unwrap().permissions().mode() & 0o777,
+        0o700
+    );
+    let (code, out) = ctl(&["status"]);
+    assert_eq!(code, Some(0), "{out}");
+    if euid == 0 {
+        // Root can play the stranger: a socket owned by another user is not trusted.
+        std::os::unix::fs::lchown(&expected, Some(65534), Some(65534)).unwrap();
+        let (code, out) = ctl(&["status"]);
+        assert_eq!(code, Some(1), "{out}");
+        assert!(out.contains("owned by uid 65534"), "{out}");
+    }
+    proxy.kill().unwrap();
+    proxy.wait().unwrap();
+    if euid == 0 {
+        // A directory another user made first: the proxy refuses to start in it.
+        let _ = std::fs::remove_file(&expected);
+        std::os::unix::fs::lchown(dir, Some(65534), Some(65534)).unwrap();
+        let out = run().wait_with_output().unwrap();
+        std::os::unix::fs::lchown(dir, Some(0), Some(0)).unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert!(
+            stderr.contains("is owned by uid 65534, not by this user"),
+            "{stderr}"
+        );
+    }
 }

@@ -2,7 +2,7 @@
 
 mod support;
 
-use support::switchyard;
+use support::{free_port, switchyard};
 
 #[test]
 fn check_reports_a_typo_a_missing_plugin_and_a_bad_address_together() {
@@ -11,17 +11,20 @@ fn check_reports_a_typo_a_missing_plugin_and_a_bad_address_together() {
     std::fs::write(
         &path,
         // `check` binds and connects nothing: the addresses are only validated.
-        r#"[proxy]
-listen = ["127.0.0.1:0"]
+        format!(
+            r#"[proxy]
+listen = ["127.0.0.1:{port}"]
 
 [[pools]]
 name = "web"
 balancer = "no-such-balancer"
 backends = [
-  { addr = "127.0.0.1:9", wieght = 2 },
-  { addr = "backend:99999" },
+  {{ addr = "127.0.0.1:9", wieght = 2 }},
+  {{ addr = "backend:99999" }},
 ]
 "#,
+            port = free_port()
+        ),
     )
     .unwrap();
     let (code, _, stderr) = switchyard(&["check", "--config", path.to_str().unwrap()]);
@@ -30,7 +33,7 @@ backends = [
     let file = path.display().to_string();
     assert!(
         stderr.contains(&format!(
-            "{file}:8:27: unknown key `pools[0].backends[0].wieght`"
+            "{file}:8:27: unknown key `pools[0].backends[0].wieght`; did you mean `weight`?"
         )),
         "{stderr}"
     );
@@ -55,7 +58,7 @@ fn check_accepts_a_valid_file_and_loads_its_plugins() {
     let path = dir.path().join("ok.toml");
     std::fs::write(
         &path,
-        "[proxy]\nlisten = [\"127.0.0.1:0\"]\n\n[[pools]]\nname = \"web\"\nbalancer = \"latency\"\nbalancer_config = { decay = \"5s\" }\nbackends = [{ addr = \"127.0.0.1:9\" }]\n",
+        format!("[proxy]\nlisten = [\"127.0.0.1:{}\"]\n\n[[pools]]\nname = \"web\"\nbalancer = \"latency\"\nbalancer_config = {{ decay = \"5s\" }}\nbackends = [{{ addr = \"127.0.0.1:9\" }}]\n", free_port()),
     )
     .unwrap();
     let (code, stdout, stderr) = switchyard(&["check", "--config", path.to_str().unwrap()]);
@@ -72,7 +75,7 @@ fn check_reports_a_plugin_that_rejects_its_configuration() {
     let path = dir.path().join("bad-init.toml");
     std::fs::write(
         &path,
-        "[proxy]\nlisten = [\"127.0.0.1:0\"]\n\n[[pools]]\nname = \"web\"\nbalancer = \"least-conn\"\nbalancer_config = { choices = \"3\" }\nbackends = [{ addr = \"127.0.0.1:9\" }]\n",
+        format!("[proxy]\nlisten = [\"127.0.0.1:{}\"]\n\n[[pools]]\nname = \"web\"\nbalancer = \"least-conn\"\nbalancer_config = {{ choices = \"3\" }}\nbackends = [{{ addr = \"127.0.0.1:9\" }}]\n", free_port()),
     )
     .unwrap();
     let (code, _, stderr) = switchyard(&["check", "--config", path.to_str().unwrap()]);

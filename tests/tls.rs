@@ -231,3 +231,63 @@ async fn upstream_tls_is_verified_against_the_configured_ca() {
         "a backend whose certificate fails verification is not used"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn certificates_reload_live_and_check_names_a_key_that_does_not_match() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new(dir.path(), "reload-ca");
+    let first = ca.leaf(dir.path(), &["first.test"]);
+    let second = ca.leaf(dir.path(), &["second.test"]);
+    // The listener serves site.pem / site.key; an operator renews them in place.
+    let (cert, key) = (dir.path().join("site.pem"), dir.path().join("site.key"));
+    std::fs::copy(&first.cert, &cert).unwrap();
+    std::fs::copy(&first.key, &key).unwrap();
+    let backend = backends(&[0]).await;
+    let tls_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let listener = format!(
+        "tls = [{{ listen = \"{tls_addr}\", certificates = [{{ cert = \"{}\", key = \"{}\" }}] }}]\n",
+        cert.display(),
+        key.display()
+    );
+    let pool = format!(
+        "[[pools]]\nname = \"web\"\nbalancer = \"round-robin\"\nbackends = [{{ addr = \"{}\" }}]\n",
+        backend[0].addr
+    );
+    let proxy = Proxy::start_with(&listener, &pool, &[]);
+    let served = |name: &'static str| {
+        let ca_pem = ca.pem.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut c = SslConnector::builder(SslMethod::tls()).unwrap();
+            c.set_ca_file(&ca_pem).unwrap();
+            let tcp = TcpStream::connect(tls_addr).unwrap();
+            let mut config = c.build().configure().unwrap();
+            config.set_verify_hostname(false);
+            common_name(&config.connect(name, tcp).unwrap())
+        })
+    };
+    assert_eq!(served("first.test").await.unwrap(), "first.test");
+    std::fs::copy(&second.cert, &cert).unwrap();
+    std::fs::copy(&second.key, &key).unwrap();
+    let (code, out, err) = proxy.ctl(&["config", "reload"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(
+        served("second.test").await.unwrap(),
+        "second.test",
+        "no restart needed"
+    );
+
+    // A renewal gone wrong: the new key is not the certificate's. `check` says which
+    // entry, and a reload keeps serving the good pair.
+    std::fs::copy(&first.key, &key).unwrap();
+    let (code, _, stderr) =
+        switchyard(&["check", "--config", proxy.config_path().to_str().unwrap()]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("proxy.tls[0].certificates[0]: key:")
+            && stderr.contains("does not belong to the certificate"),
+        "{stderr}"
+    );
+    let (code, out, _) = proxy.ctl(&["config", "reload"]);
+    assert_eq!(code, 1, "{out}");
+    assert_eq!(served("second.test").await.unwrap(), "second.test");
+}

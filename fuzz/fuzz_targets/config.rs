@@ -4,11 +4,11 @@
 
 use libfuzzer_sys::fuzz_target;
 use std::path::Path;
-use switchyard_parse::config::{self, BUNDLED_NAMES};
+use switchyard_parse::config::{self, BUNDLED_NAMES, NoResolver};
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(text) = std::str::from_utf8(data) {
-        if let Err(errors) = config::parse(text, Path::new("fuzz.toml"), &BUNDLED_NAMES) {
+        if let Err(errors) = config::parse(text, Path::new("fuzz.toml"), &BUNDLED_NAMES, &NoResolver) {
             // Rendering the errors must not panic either (spans into the text).
             let _ = errors.to_string();
         }

@@ -80,6 +80,7 @@ fn pool(registry: &PluginRegistry, balancer: &str, n: usize, native: bool) -> Po
         &text,
         std::path::Path::new("bench.toml"),
         &switchyard::config::BUNDLED_NAMES,
+        &switchyard::config::NoResolver,
     )
     .unwrap();
     let limits = PluginLimits {
@@ -112,8 +113,9 @@ fn choose(c: &mut Criterion) {
         for n in SIZES {
             let pool = pool(&registry, plugin, n, native);
             let mut header = placeholder_header();
+            let mut view = switchyard::plugin::request::RequestView::placeholder();
             group.bench_function(BenchmarkId::new(name, n), |b| {
-                b.iter(|| black_box(pool.choose(&mut header, None, &[]).unwrap()))
+                b.iter(|| black_box(pool.choose(&mut header, &mut view, &[]).unwrap()))
             });
         }
     }
@@ -137,8 +139,9 @@ fn report_allocations() {
         for n in SIZES {
             let pool = pool(&registry, plugin, n, native);
             let mut header = placeholder_header();
+            let mut view = switchyard::plugin::request::RequestView::placeholder();
             let per_call = allocations_per_call(|| {
-                black_box(pool.choose(&mut header, None, &[]).unwrap());
+                black_box(pool.choose(&mut header, &mut view, &[]).unwrap());
             });
             eprintln!("allocations per choose: {name}/{n}: {per_call:.2}");
         }
@@ -172,8 +175,9 @@ fn select(c: &mut Criterion) {
         for backends in SIZES {
             let t = table(backends);
             let mut header = placeholder_header();
+            let mut view = switchyard::plugin::request::RequestView::placeholder();
             group.bench_with_input(BenchmarkId::new(plugin, backends), &t, |b, t| {
-                b.iter(|| black_box(balancer.select(&mut header, None, t).unwrap()))
+                b.iter(|| black_box(balancer.select(&mut header, &mut view, t).unwrap()))
             });
         }
     }

@@ -57,13 +57,74 @@ impl Drop for AdminHandle {
     }
 }
 
+/// This process's effective user id (the owner of `/proc/self`).
+pub fn euid() -> u32 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").map_or(u32::MAX, |m| m.uid())
+}
+
+/// Makes `dir` a directory only this user can enter: created with mode 0700 if
+/// missing, refused if another user owns it (they could swap the socket under us).
+fn private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    let meta = std::fs::symlink_metadata(dir)?;
+    if !meta.is_dir() || meta.uid() != euid() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!(
+                "{} is owned by uid {}, not by this user (uid {}); remove it, or set [admin] socket to a path in a directory of your own",
+                dir.display(),
+                meta.uid(),
+                euid()
+            ),
+        ));
+    }
+    if meta.mode() & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
+}
+
+/// `Err` unless the socket at `path` belongs to this user (or to root): a socket
+/// another local user put there could capture commands and forge their answers.
+pub fn check_owner(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let owner = std::fs::symlink_metadata(path)?.uid();
+    if owner == euid() || owner == 0 {
+        return Ok(());
+    }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::PermissionDenied,
+        format!(
+            "the socket is owned by uid {owner}, not by you (uid {}) or root; it is not this proxy's. Run ctl as the proxy's user",
+            euid()
+        ),
+    ))
+}
+
 /// Opens the socket at `path` and serves it on a thread of its own.
 pub fn start(control: Arc<Control>, path: &Path) -> Result<AdminHandle, AdminError> {
-    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
     let io = |source| AdminError::Io {
         path: path.to_owned(),
         source,
     };
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+    if path == crate::config::default_admin_socket() {
+        if let Some(dir) = dir {
+            private_dir(dir).map_err(io)?;
+        }
+    } else if let Some(dir) = dir {
+        std::fs::create_dir_all(dir).map_err(io)?;
+        let shared = std::fs::metadata(dir).is_ok_and(|m| m.mode() & 0o002 != 0);
+        if shared {
+            tracing::warn!(socket = %path.display(), "the admin socket is in a directory every local user can write to; one of them could take the path first. Put it in a directory of the proxy's own");
+        }
+    }
     if path.exists() {
         // A live socket belongs to a running proxy; a dead one is left over from a crash.
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
@@ -72,9 +133,6 @@ pub fn start(control: Arc<Control>, path: &Path) -> Result<AdminHandle, AdminErr
             });
         }
         std::fs::remove_file(path).map_err(io)?;
-    }
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(io)?;
     }
     // Bind inside a private (0700) directory beside the target, make the socket 0600,
     // then move it into place: at no moment can another user reach it.
@@ -197,6 +255,7 @@ async fn answer(line: &[u8], control: &Arc<Control>) -> String {
 /// Sends one request to the socket at `path` and returns the reply (blocking client
 /// for `switchyard ctl`).
 pub fn call(path: &Path, request: &Value) -> std::io::Result<Value> {
+    check_owner(path)?;
     let mut stream = std::os::unix::net::UnixStream::connect(path)?;
     // Reloads compile plugins, which can take seconds.
     stream.set_read_timeout(Some(Duration::from_secs(120)))?;

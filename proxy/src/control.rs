@@ -13,13 +13,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Instant, UNIX_EPOCH};
 
-use crate::config::{self, Config};
+use crate::config::{self, Config, SystemResolver};
+use crate::connections::ConnectionCaps;
 use crate::plugin::registry::{FsCatalog, sha256_hex};
-use crate::plugin::request::placeholder_header;
+use crate::plugin::request::{RequestView, placeholder_header};
 use crate::plugin::{FailureKind, LoadedPlugin, PluginEngine, PoolBalancer, RouterInstance};
 use crate::pool::{BACKEND_STRIDE, FLAG_HEALTHY};
-use crate::proxy::Runtime;
-use crate::server;
+use crate::runtime::{self, Runtime};
+use crate::tls::ListenerCertificates;
 
 /// A failed operation: the message goes to the operator as is.
 pub type OpResult = Result<Value, String>;
@@ -29,6 +30,12 @@ pub struct Control {
     runtime: Arc<ArcSwap<Runtime>>,
     config: ArcSwap<Config>,
     engine: PluginEngine,
+    /// Each HTTPS listener's certificates, reloaded in place.
+    certificates: Vec<(std::net::SocketAddr, Arc<ListenerCertificates>)>,
+    /// Client connection caps.
+    caps: Arc<ConnectionCaps>,
+    /// The logger writes JSON (chosen at start by `access_log = "json"`).
+    json_log: bool,
     started: Instant,
     /// One reload at a time; the data path never takes this lock.
     reload_lock: Mutex<()>,
@@ -46,13 +53,27 @@ fn unix_seconds(t: std::time::SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
+/// `2026-12-01T23:58:46Z`.
+fn rfc3339(t: std::time::SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
 impl Control {
     /// Control over `runtime`, which was built from `config`.
-    pub fn new(config: Config, engine: PluginEngine, runtime: Arc<ArcSwap<Runtime>>) -> Self {
+    pub fn new(
+        config: Config,
+        engine: PluginEngine,
+        runtime: Arc<ArcSwap<Runtime>>,
+        certificates: Vec<(std::net::SocketAddr, Arc<ListenerCertificates>)>,
+        caps: Arc<ConnectionCaps>,
+    ) -> Self {
         Control {
             runtime,
+            json_log: config.proxy.access_log == config::AccessLog::Json,
             config: ArcSwap::from_pointee(config),
             engine,
+            certificates,
+            caps,
             started: Instant::now(),
             reload_lock: Mutex::new(()),
             reloads_ok: AtomicU64::new(0),
@@ -63,6 +84,11 @@ impl Control {
     /// The running pools and routes.
     pub fn runtime(&self) -> arc_swap::Guard<Arc<Runtime>> {
         self.runtime.load()
+    }
+
+    /// Client connections: (held, cap, refused at the cap).
+    pub fn connections(&self) -> (usize, usize, u64) {
+        (self.caps.held(), self.caps.max(), self.caps.refused())
     }
 
     /// Reloads so far: (succeeded, failed).
@@ -118,9 +144,11 @@ impl Control {
     fn status(&self) -> Value {
         let config = self.config.load();
         let runtime = self.runtime.load();
+        let (held, max, refused) = self.connections();
         json!({
             "version": env!("CARGO_PKG_VERSION"),
             "uptime_seconds": self.started.elapsed().as_secs(),
+            "connections": { "open": held, "max": max, "refused": refused },
             "config": config.source.display().to_string(),
             "listeners": config.proxy.listen.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
             "admin_socket": config.admin.socket.display().to_string(),
@@ -164,7 +192,8 @@ impl Control {
                     "world": plugin.world().as_str(),
                     "source": plugin.source.to_string(),
                     "sha256": plugin.sha256,
-                    "loaded_at": unix_seconds(plugin.loaded_at),
+                    "loaded_at": rfc3339(plugin.loaded_at),
+                    "loaded_at_unix": unix_seconds(plugin.loaded_at),
                     "cache": plugin.cache.as_str(),
                     "pools": [],
                     "calls": 0,
@@ -278,7 +307,7 @@ impl Control {
         if let Some(name) = only.filter(|n| !names.contains(n)) {
             rejected.push(json!({ "name": name, "reason": format!("no pool or route uses a plugin named {name:?}; plugins in use: {}", names.join(", ")) }));
         }
-        let registry = match server::registry(&config, &self.engine) {
+        let registry = match runtime::registry(&config, &self.engine) {
             Ok(r) => r,
             Err(e) => {
                 return json!({ "changed": [], "unchanged": [], "rejected": [{ "name": "*", "reason": e.to_string() }] });
@@ -335,8 +364,12 @@ impl Control {
         json!({ "changed": changed, "unchanged": unchanged, "rejected": rejected })
     }
 
-    /// Re-reads the configuration file and swaps in its pools and routes. An invalid
-    /// file is rejected whole; the running configuration stays.
+    /// Re-reads the configuration file and applies what can change while running:
+    /// pools, routes, plugins, access rules, request limits, connection caps and the
+    /// certificates of the HTTPS listeners. What needs a restart (listeners, threads,
+    /// header timeouts…) is not applied, and the reply names each such field under
+    /// `restart_needed`. An invalid file is rejected whole; the running configuration
+    /// stays.
     pub fn reload_config(&self) -> OpResult {
         let _one_at_a_time = self
             .reload_lock
@@ -344,19 +377,52 @@ impl Control {
             .unwrap_or_else(PoisonError::into_inner);
         let old = self.config.load_full();
         let result = (|| {
-            let new = config::load(&old.source, &FsCatalog).map_err(|e| e.to_string())?;
-            if new.proxy.listen != old.proxy.listen || new.proxy.threads != old.proxy.threads {
-                return Err("proxy.listen and proxy.threads cannot change while running; restart the proxy to change them".to_owned());
-            }
-            let runtime = server::build_runtime(&new, &self.engine, Some(&self.runtime.load()))
+            let new = config::load(&old.source, &FsCatalog, &SystemResolver)
                 .map_err(|e| e.to_string())?;
-            let summary = json!({ "pools": runtime.pools.len(), "routes": new.routes.len() });
+            let restart_needed = restart_only_changes(&old, &new, self.json_log);
+            let new = keep_restart_only(&old, new, self.json_log);
+            let runtime = runtime::build_runtime(&new, &self.engine, Some(&self.runtime.load()))
+                .map_err(|e| e.to_string())?;
+            // Load every certificate before anything is swapped: all or nothing.
+            for listener in &new.proxy.tls {
+                crate::tls::ListenerCertificates::load(listener)?;
+            }
+            for listener in &new.proxy.tls {
+                if let Some((_, store)) = self
+                    .certificates
+                    .iter()
+                    .find(|(a, _)| *a == listener.listen)
+                {
+                    store.reload(listener)?;
+                }
+            }
+            let connections = new.proxy.connections;
+            if connections != old.proxy.connections {
+                let max = connections.max.unwrap_or_else(|| self.caps.max());
+                self.caps.set_limits(max, connections.per_listener);
+            }
+            for w in &new.warnings {
+                tracing::warn!("{w}");
+            }
+            let summary = json!({
+                "pools": runtime.pools.len(),
+                "routes": new.routes.len(),
+                "restart_needed": restart_needed,
+                "warnings": new.warnings.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            });
             self.runtime.store(Arc::new(runtime));
             self.config.store(Arc::new(new));
             Ok(summary)
         })();
         match &result {
-            Ok(_) => tracing::info!(file = %old.source.display(), "configuration reloaded"),
+            Ok(summary) => {
+                let pending = summary["restart_needed"].as_array().map_or(0, Vec::len);
+                if pending > 0 {
+                    tracing::warn!(file = %old.source.display(), restart_needed = %summary["restart_needed"], "configuration reloaded, except what needs a restart");
+                } else {
+                    tracing::info!(file = %old.source.display(), "configuration reloaded");
+                }
+            }
             Err(e) => {
                 tracing::warn!(file = %old.source.display(), error = %e, "configuration reload rejected; the running configuration stays")
             }
@@ -364,6 +430,84 @@ impl Control {
         self.count(result.is_ok());
         result
     }
+}
+
+/// The settings read only at start that differ between `old` and `new`, as
+/// "restart needed: FIELD changed" lines.
+fn restart_only_changes(old: &Config, new: &Config, json_log: bool) -> Vec<String> {
+    let (o, n) = (&old.proxy, &new.proxy);
+    let tls = |c: &Config| {
+        c.proxy
+            .tls
+            .iter()
+            .map(|t| (t.listen, t.http2))
+            .collect::<Vec<_>>()
+    };
+    let log_format = log_format_changes(new, json_log);
+    [
+        ("proxy.listen", o.listen != n.listen),
+        ("proxy.tls (listeners)", tls(old) != tls(new)),
+        ("proxy.threads", o.threads != n.threads),
+        ("proxy.work_stealing", o.work_stealing != n.work_stealing),
+        ("proxy.grace_period", o.grace_period != n.grace_period),
+        (
+            "proxy.client_header_timeout",
+            o.limits.client_header_timeout != n.limits.client_header_timeout,
+        ),
+        (
+            "proxy.keepalive_timeout",
+            o.limits.keepalive_timeout != n.limits.keepalive_timeout,
+        ),
+        (
+            "proxy.max_header_bytes",
+            o.limits.max_header_bytes != n.limits.max_header_bytes,
+        ),
+        ("proxy.access_log (text or json)", log_format),
+        ("metrics.listen", old.metrics != new.metrics),
+        ("admin.socket", old.admin != new.admin),
+    ]
+    .into_iter()
+    .filter(|(_, changed)| *changed)
+    .map(|(field, _)| format!("restart needed: {field} changed"))
+    .collect()
+}
+
+/// Text and JSON are the logger's format, chosen at start; on and off apply live.
+fn log_format_changes(new: &Config, json_log: bool) -> bool {
+    match new.proxy.access_log {
+        config::AccessLog::Off => false,
+        config::AccessLog::Text => json_log,
+        config::AccessLog::Json => !json_log,
+    }
+}
+
+/// `new` with the settings read only at start put back as they run.
+fn keep_restart_only(old: &Config, mut new: Config, json_log: bool) -> Config {
+    let (o, n) = (&old.proxy, &mut new.proxy);
+    n.listen.clone_from(&o.listen);
+    if o.tls
+        .iter()
+        .map(|t| (t.listen, t.http2))
+        .ne(n.tls.iter().map(|t| (t.listen, t.http2)))
+    {
+        n.tls.clone_from(&o.tls);
+    }
+    n.threads = o.threads;
+    n.work_stealing = o.work_stealing;
+    n.grace_period = o.grace_period;
+    n.limits.client_header_timeout = o.limits.client_header_timeout;
+    n.limits.keepalive_timeout = o.limits.keepalive_timeout;
+    n.limits.max_header_bytes = o.limits.max_header_bytes;
+    if log_format_changes(&new, json_log) {
+        new.proxy.access_log = if json_log {
+            config::AccessLog::Json
+        } else {
+            config::AccessLog::Text
+        };
+    }
+    new.metrics = old.metrics;
+    new.admin = old.admin.clone();
+    new
 }
 
 /// Makes a user's new instance of a plugin and returns the swap that puts it in place.
@@ -415,7 +559,7 @@ fn plugin_uses(runtime: &Runtime) -> Vec<PluginUse<'_>> {
                 )
                 .map_err(|e| e.to_string())?;
                 router
-                    .route(&mut placeholder_header(), None)
+                    .route(&mut placeholder_header(), &mut RequestView::placeholder())
                     .map_err(|e| format!("self-check `route` failed: {e}"))?;
                 Ok(Box::new(move || slot.instance.store(Arc::new(router)))
                     as Box<dyn FnOnce() + '_>)
@@ -434,7 +578,7 @@ fn self_check(balancer: &PoolBalancer, backends: usize) -> Result<(), String> {
     }
     let mut header = placeholder_header();
     balancer
-        .select(&mut header, None, &table)
+        .select(&mut header, &mut RequestView::placeholder(), &table)
         .map(|_| ())
         .map_err(|e| format!("self-check `select` failed: {e}"))
 }

@@ -25,11 +25,12 @@ pub fn human(request: &Value, reply: &Value) -> String {
     }
     match request["cmd"].as_str().unwrap_or("") {
         "status" => {
+            let uptime = reply["uptime_seconds"].as_u64().unwrap_or(0);
             let _ = writeln!(
                 out,
-                "switchyard {}, up {} s",
+                "switchyard {}, up {}",
                 s(&reply["version"]),
-                s(&reply["uptime_seconds"])
+                humantime::format_duration(std::time::Duration::from_secs(uptime))
             );
             let _ = writeln!(out, "config:    {}", s(&reply["config"]));
             let listeners: Vec<String> = reply["listeners"]
@@ -39,6 +40,14 @@ pub fn human(request: &Value, reply: &Value) -> String {
                 .map(s)
                 .collect();
             let _ = writeln!(out, "listening: {}", listeners.join(", "));
+            let c = &reply["connections"];
+            let _ = writeln!(
+                out,
+                "clients:   {} connection(s) open of {} at most; {} refused at the cap",
+                s(&c["open"]),
+                s(&c["max"]),
+                s(&c["refused"])
+            );
             let _ = writeln!(
                 out,
                 "reloads:   {} ok, {} failed",
@@ -162,6 +171,12 @@ pub fn human(request: &Value, reply: &Value) -> String {
                 s(&reply["pools"]),
                 s(&reply["routes"])
             );
+            for line in reply["restart_needed"].as_array().into_iter().flatten() {
+                let _ = writeln!(out, "{} (not applied)", s(line));
+            }
+            for line in reply["warnings"].as_array().into_iter().flatten() {
+                let _ = writeln!(out, "{}", s(line));
+            }
         }
         _ => {
             let _ = writeln!(out, "{reply}");

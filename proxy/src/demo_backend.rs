@@ -24,6 +24,8 @@ pub struct BackendControl {
     pub served: AtomicU64,
     /// Requests whose head has arrived (answered or not yet).
     pub received: AtomicU64,
+    /// Bumped by [`BackendControl::kill`]: every connection resets.
+    kills: tokio::sync::watch::Sender<u64>,
 }
 
 impl BackendControl {
@@ -68,6 +70,7 @@ pub async fn start(
         received: AtomicU64::new(0),
         stopped: AtomicBool::new(false),
         acceptor: Mutex::new(None),
+        kills: tokio::sync::watch::Sender::new(0),
     });
     control.set_delay(delay);
     accept_on(listener, &control);
@@ -82,9 +85,17 @@ fn accept_on(listener: TcpListener, control: &Arc<BackendControl>) {
                 continue;
             };
             let control = Arc::clone(&shared);
+            let mut kills = control.kills.subscribe();
             tokio::spawn(async move {
-                // A connection error only ends that connection.
-                let _ = serve(stream, &control).await;
+                let mut stream = stream;
+                tokio::select! {
+                    // A connection error only ends that connection.
+                    _ = serve(&mut stream, &control) => {}
+                    _ = kills.changed() => {
+                        // As a crashed process's sockets: reset, even mid-request.
+                        let _ = stream.set_zero_linger();
+                    }
+                }
             });
         }
     });
@@ -109,6 +120,13 @@ impl BackendControl {
         }
     }
 
+    /// Kills the server as a crash would: the port is closed and every open connection
+    /// is reset at once, requests in progress included.
+    pub fn kill(&self) {
+        self.stop();
+        self.kills.send_modify(|n| *n += 1);
+    }
+
     /// Starts a stopped server again on the same address.
     pub async fn restart(self: &Arc<Self>) -> std::io::Result<()> {
         let listener = TcpListener::bind(self.addr).await?;
@@ -120,7 +138,7 @@ impl BackendControl {
 
 const MAX_HEAD: usize = 64 * 1024;
 
-async fn serve(mut stream: TcpStream, control: &BackendControl) -> std::io::Result<()> {
+async fn serve(stream: &mut TcpStream, control: &BackendControl) -> std::io::Result<()> {
     stream.set_nodelay(true)?;
     let mut buf = Vec::with_capacity(4096);
     loop {
@@ -142,7 +160,9 @@ async fn serve(mut stream: TcpStream, control: &BackendControl) -> std::io::Resu
             }
             buf.extend_from_slice(&chunk[..n]);
         };
-        let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+        let raw_head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+        let target = raw_head.split_whitespace().nth(1).unwrap_or("").to_owned();
+        let head = raw_head.to_ascii_lowercase();
         let body_len = header_value(&head, "content-length")
             .and_then(|v| v.parse::<usize>().ok())
             .unwrap_or(0);
@@ -167,8 +187,8 @@ async fn serve(mut stream: TcpStream, control: &BackendControl) -> std::io::Resu
             tokio::time::sleep(Duration::from_micros(delay)).await;
         }
         let status = control.status.load(Ordering::Relaxed);
-        // Echo what a proxy in front added, so tests can see it.
-        let mut echoed = String::new();
+        // Echo what a proxy in front added or passed on, so tests can see it.
+        let mut echoed = format!("x-seen-target: {target}\r\n");
         for name in [
             "x-forwarded-for",
             "x-forwarded-proto",
@@ -176,6 +196,7 @@ async fn serve(mut stream: TcpStream, control: &BackendControl) -> std::io::Resu
             "keep-alive",
             "proxy-authorization",
             "x-hop",
+            "host",
         ] {
             if let Some(v) = header_value(&head, name) {
                 let seen = name.strip_prefix("x-").unwrap_or(name);

@@ -15,7 +15,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::config::{HealthCheck, HealthCheckKind};
-use crate::proxy::Runtime;
+use crate::runtime::Runtime;
 
 /// How often the checker looks for due checks.
 const TICK: Duration = Duration::from_millis(50);

@@ -7,6 +7,7 @@
 
 pub mod admin;
 pub use switchyard_parse::config;
+pub mod connections;
 pub mod control;
 pub mod ctl_format;
 pub mod demo_backend;
@@ -17,6 +18,7 @@ pub mod plugin;
 pub mod pool;
 pub mod proxy;
 pub mod router;
+pub mod runtime;
 pub mod server;
 pub mod shutdown;
 pub mod tls;

@@ -7,10 +7,16 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
-use switchyard::config::{self, Config};
+use switchyard::config::{self, Config, SystemResolver};
 use switchyard::plugin::PluginEngine;
 use switchyard::plugin::registry::FsCatalog;
 use switchyard::server;
+
+/// jemalloc, with its background thread on (see `main`), gives memory freed after a
+/// connection flood back to the system within seconds, even while the worker threads
+/// sit idle; glibc's malloc kept 300 MiB.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// A programmable reverse proxy: balancing decisions are made by WebAssembly plugins.
 #[derive(Debug, Parser)]
@@ -43,28 +49,107 @@ enum Command {
         listen: SocketAddr,
     },
     /// Talk to a running proxy through its admin socket.
-    ///
-    /// Commands: status | plugins | backends [POOL] | reload [PLUGIN] |
-    /// drain POOL ADDR | undrain POOL ADDR | weight POOL ADDR N | config reload
     Ctl {
         /// Admin socket; default: [admin] socket of --config, else the default path.
-        #[arg(long)]
+        #[arg(long, global = true)]
         socket: Option<PathBuf>,
         /// Configuration file whose [admin] socket to use.
-        #[arg(long, short)]
+        #[arg(long, short, global = true)]
         config: Option<PathBuf>,
         /// Print the raw JSON reply.
-        #[arg(long)]
+        #[arg(long, global = true)]
         json: bool,
-        /// The command and its arguments.
-        #[arg(required = true, num_args = 1..)]
-        command: Vec<String>,
+        #[command(subcommand)]
+        command: CtlCommand,
     },
     /// Work with plugin files.
     Plugin {
         #[command(subcommand)]
         command: PluginCommand,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum CtlCommand {
+    /// Version, uptime, listeners, connections, plugins and pools.
+    Status,
+    /// Each plugin: world, source, SHA-256, compiled-code cache, calls, failures by kind.
+    Plugins,
+    /// Backends of every pool, or of POOL: address, weight, state, in-flight, latency.
+    Backends {
+        /// Only this pool.
+        pool: Option<String>,
+    },
+    /// Re-read changed plugin files and swap them in atomically: every plugin, or PLUGIN.
+    /// A file that does not compile, link, init and answer keeps the old version.
+    Reload {
+        /// Only this plugin.
+        plugin: Option<String>,
+    },
+    /// Stop sending new requests to a backend; requests in flight finish.
+    Drain {
+        /// The pool.
+        pool: String,
+        /// The backend's address, as `ctl backends` shows it.
+        addr: String,
+    },
+    /// Send new requests to a drained backend again.
+    Undrain {
+        /// The pool.
+        pool: String,
+        /// The backend's address.
+        addr: String,
+    },
+    /// Change a backend's weight at run time; configuration reloads keep it.
+    Weight {
+        /// The pool.
+        pool: String,
+        /// The backend's address.
+        addr: String,
+        /// The new weight, 1 to 1000000.
+        weight: u32,
+    },
+    /// The configuration file.
+    Config {
+        #[command(subcommand)]
+        command: CtlConfigCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum CtlConfigCommand {
+    /// Re-read the file and apply what can change while running; what needs a restart
+    /// is named, and makes the exit status 1. An invalid file changes nothing.
+    Reload,
+}
+
+impl CtlCommand {
+    /// The words of the admin protocol for this command.
+    fn words(&self) -> Vec<String> {
+        let words = |w: &[&str]| w.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        match self {
+            CtlCommand::Status => words(&["status"]),
+            CtlCommand::Plugins => words(&["plugins"]),
+            CtlCommand::Backends { pool } => {
+                let mut w = words(&["backends"]);
+                w.extend(pool.clone());
+                w
+            }
+            CtlCommand::Reload { plugin } => {
+                let mut w = words(&["reload"]);
+                w.extend(plugin.clone());
+                w
+            }
+            CtlCommand::Drain { pool, addr } => words(&["drain", pool, addr]),
+            CtlCommand::Undrain { pool, addr } => words(&["undrain", pool, addr]),
+            CtlCommand::Weight { pool, addr, weight } => {
+                words(&["weight", pool, addr, &weight.to_string()])
+            }
+            CtlCommand::Config {
+                command: CtlConfigCommand::Reload,
+            } => words(&["config", "reload"]),
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -96,6 +181,11 @@ fn init_logging(json: bool) {
 }
 
 fn main() -> ExitCode {
+    // Dirty pages are purged by jemalloc's own thread after their decay time (10 s),
+    // rather than only when a thread that holds them allocates again.
+    if let Err(e) = tikv_jemalloc_ctl::background_thread::write(true) {
+        eprintln!("warning: jemalloc background thread not started: {e}");
+    }
     let cli = Cli::parse();
     // `run` picks the log format from its configuration file.
     if !matches!(cli.command, Command::Run { .. }) {
@@ -110,7 +200,7 @@ fn main() -> ExitCode {
             config,
             json,
             command,
-        } => ctl(socket, config, json, &command),
+        } => ctl(socket, config, json, &command.words()),
         Command::Plugin {
             command: PluginCommand::Check { file, settings },
         } => plugin_check(&file, &settings),
@@ -118,7 +208,7 @@ fn main() -> ExitCode {
 }
 
 fn load(path: &Path) -> Result<Config, ExitCode> {
-    config::load(path, &FsCatalog).map_err(|errors| {
+    let config = config::load(path, &FsCatalog, &SystemResolver).map_err(|errors| {
         eprintln!("{errors}");
         eprintln!(
             "{}: {} problem(s); nothing was started",
@@ -126,7 +216,11 @@ fn load(path: &Path) -> Result<Config, ExitCode> {
             errors.0.len()
         );
         ExitCode::FAILURE
-    })
+    })?;
+    for warning in &config.warnings {
+        eprintln!("{warning}");
+    }
+    Ok(config)
 }
 
 fn run(path: &Path) -> ExitCode {
@@ -156,7 +250,11 @@ fn check(path: &Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match server::build_runtime(&config, &engine, None) {
+    // Everything `run` loads before it listens: plugins, CA files, certificates.
+    let loaded = switchyard::runtime::build_runtime(&config, &engine, None)
+        .map_err(server::StartError::from)
+        .and_then(|runtime| server::load_certificates(&config).map(|_| runtime));
+    match loaded {
         Ok(runtime) => {
             println!("{}: ok", path.display());
             for pool in &runtime.pools {
@@ -345,7 +443,10 @@ fn ctl(
         print!("{}", switchyard::ctl_format::human(&request, &reply));
     }
     let rejected = reply["rejected"].as_array().is_some_and(|r| !r.is_empty());
-    if reply["ok"].as_bool() != Some(true) || rejected {
+    let restart_needed = reply["restart_needed"]
+        .as_array()
+        .is_some_and(|r| !r.is_empty());
+    if reply["ok"].as_bool() != Some(true) || rejected || restart_needed {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS

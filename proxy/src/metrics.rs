@@ -206,6 +206,28 @@ pub fn render(control: &Control) -> prometheus::Result<String> {
                 .inc_by(count);
         }
     }
+    let (open, max, refused) = control.connections();
+    let connections = |name: &str, help: &str, value: i64| -> prometheus::Result<()> {
+        let g = prometheus::IntGauge::new(name, help)?;
+        g.set(value);
+        state.register(Box::new(g))
+    };
+    connections(
+        "switchyard_connections_open",
+        "Client connections held now.",
+        i64::try_from(open).unwrap_or(i64::MAX),
+    )?;
+    connections(
+        "switchyard_connections_max",
+        "Most client connections held at once (max_connections).",
+        i64::try_from(max).unwrap_or(i64::MAX),
+    )?;
+    let refused_total = prometheus::IntCounter::new(
+        "switchyard_connections_refused_total",
+        "Client connections closed at once because max_connections was reached.",
+    )?;
+    refused_total.inc_by(refused);
+    state.register(Box::new(refused_total))?;
     let (ok, failed) = control.reload_counts();
     reloads.with_label_values(&["ok"]).inc_by(ok);
     reloads.with_label_values(&["failed"]).inc_by(failed);

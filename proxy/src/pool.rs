@@ -13,6 +13,7 @@ use crate::config::{
     HealthCheck, OnPluginFailure, OutlierDetection, PoolConfig, UpstreamProtocol, UpstreamTimeouts,
     UpstreamTls,
 };
+use crate::plugin::request::RequestView;
 use crate::plugin::{PluginError, PoolBalancer};
 
 /// `u32` values per backend in the table passed to `select` (see `wit/plugin.wit`).
@@ -56,6 +57,8 @@ pub struct Backend {
     /// Address requests are sent to.
     pub addr: SocketAddr,
     weight: AtomicU32,
+    /// Set by `ctl weight`: a configuration reload keeps it rather than the file's.
+    weight_set_at_run_time: AtomicBool,
     /// Serves only while no primary is up.
     pub backup: bool,
     draining: AtomicBool,
@@ -80,6 +83,7 @@ impl Backend {
         Backend {
             addr,
             weight: AtomicU32::new(weight),
+            weight_set_at_run_time: AtomicBool::new(false),
             backup,
             draining: AtomicBool::new(false),
             up: AtomicBool::new(true),
@@ -102,9 +106,15 @@ impl Backend {
         self.weight.load(Ordering::Relaxed)
     }
 
-    /// Changes the weight at run time (at least 1).
+    /// Changes the weight at run time (at least 1); reloads keep it.
     pub fn set_weight(&self, weight: u32) {
         self.weight.store(weight.max(1), Ordering::Relaxed);
+        self.weight_set_at_run_time.store(true, Ordering::Relaxed);
+    }
+
+    /// True when the weight was set at run time rather than by the configuration.
+    pub fn weight_set_at_run_time(&self) -> bool {
+        self.weight_set_at_run_time.load(Ordering::Relaxed)
     }
 
     /// Up by the health checks and not ejected by outlier detection.
@@ -196,6 +206,17 @@ pub enum Decision {
     Fallback,
     /// No plugin was asked: the pool runs the native selector (a benchmark baseline).
     Native,
+}
+
+impl Decision {
+    /// `plugin`, `fallback` or `native`, as the access log writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Decision::Plugin => "plugin",
+            Decision::Fallback => "fallback",
+            Decision::Native => "native",
+        }
+    }
 }
 
 /// A backend picked for one attempt.
@@ -314,12 +335,16 @@ impl Pool {
     }
 
     /// Carries over, per address, what `old` knew: a configuration reload must not undo
-    /// an operator's `drain`, nor bring a backend the health checks took down back up.
+    /// an operator's `drain` or `weight`, nor bring a backend the health checks took
+    /// down back up.
     pub fn keep_state_from(&self, old: &Pool) {
         for b in &self.backends {
             if let Some(o) = old.backends.iter().find(|o| o.addr == b.addr) {
                 b.set_draining(o.is_draining());
                 b.up.store(o.up.load(Ordering::Relaxed), Ordering::Relaxed);
+                if o.weight_set_at_run_time() {
+                    b.set_weight(o.weight());
+                }
             }
         }
     }
@@ -343,10 +368,12 @@ impl Pool {
             .base_ejection
             .saturating_mul(1 << earlier.min(16))
             .min(od.max_ejection);
-        b.ejected_until_ms.store(
-            millis_since_base(Instant::now() + time).max(1),
-            Ordering::Relaxed,
-        );
+        // Validation bounds ejections to 30 days; checked all the same, since an
+        // overflowing `Instant` would panic on the request path.
+        let until = Instant::now()
+            .checked_add(time)
+            .map_or(u64::MAX, millis_since_base);
+        b.ejected_until_ms.store(until.max(1), Ordering::Relaxed);
         b.recent_failures.store(0, Ordering::Relaxed);
         tracing::warn!(pool = %self.name, backend = %b.addr, failures = streak, for_ = ?time, "backend ejected by outlier detection");
     }
@@ -479,7 +506,7 @@ impl Pool {
     pub fn choose(
         &self,
         header: &mut RequestHeader,
-        client: Option<SocketAddr>,
+        view: &mut RequestView,
         excluded: &[usize],
     ) -> Result<Option<Choice>, PluginError> {
         let started = Instant::now();
@@ -495,9 +522,7 @@ impl Pool {
         let from_plugin = TABLE.with(|cell| {
             let mut table = cell.borrow_mut();
             self.fill_table(excluded, &mut table);
-            off_the_worker_if(balancer.is_slow(), || {
-                balancer.select(header, client, &table)
-            })
+            off_the_worker_if(balancer.is_slow(), || balancer.select(header, view, &table))
         });
         let (index, decision) = match from_plugin {
             Ok(Some(index)) => (Some(index), Decision::Plugin),

@@ -1,22 +1,26 @@
-//! The Pingora side: the per-request flow through the proxy.
+//! The Pingora side: the per-request flow through the proxy, stage by stage.
 //!
 //! ```text
-//! request_filter          limits (431, 413), HTTPS redirect, route by host and path →
-//!                         pool (or 404), the route's allow/deny (403) and rate (429)
-//! request_body_filter     body limit (413)
-//! upstream_peer           pool.choose → plugin `select` (fallback on failure) → peer
-//!   fail_to_connect       release the attempt, exclude that backend, retry if allowed
-//! upstream_request_filter X-Forwarded-*, Forwarded, hop-by-hop headers
+//! request_filter            admit: header limits 431, canonical host and path 400,
+//!                             declared body 413, HTTPS redirect 308, client address
+//!                           route: listener router → route by canonical host and path
+//!                             (or 404) → the route's deny/allow 403 and rate 429 →
+//!                             the route's router → pool
+//! request_body_filter       body limit 413 (then a lingering close, see fail_to_proxy)
+//! upstream_peer             pool.choose → plugin `select` (fallback on failure) → peer
+//!   fail_to_connect         release the attempt, exclude that backend, retry if allowed
+//! upstream_request_filter   X-Forwarded-*, Forwarded, hop-by-hop headers, normalised path
 //! upstream_response_filter  note status and time to first byte; a `retry_on` status
-//!                         becomes a retryable error
-//!   error_while_proxy     retry only idempotent requests, within retries and budget
-//! logging                 release the attempt → plugin `on-response`, counters, access log
+//!                           becomes a retryable error
+//!   error_while_proxy       idempotent requests whose backend failed before answering
+//!                           are retried; `retry_on` retries within the budget
+//! fail_to_proxy             the error's status (502, 504, 413…) with a body saying why
+//! logging                   release the attempt → plugin `on-response`, counters, access log
 //! ```
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::Bytes;
-use ipnet::IpNet;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::HttpPeer;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
@@ -26,45 +30,21 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::config::{AccessLog, RequestLimits, UpstreamProtocol};
-use crate::edge::{self, Refusal, RoutePolicy};
-use crate::plugin::request::request_host;
-use crate::plugin::{PoolBalancer, RouteDecision, RouterInstance};
+use crate::config::{AccessLog, UpstreamProtocol};
+use crate::edge::{self, Refusal};
+use crate::plugin::request::RequestView;
+use crate::plugin::{PoolBalancer, RouteDecision};
 use crate::pool::{Decision, Pool};
-use crate::router::Router;
-
-/// Everything the data path reads, swapped whole on reload.
-#[derive(Debug)]
-pub struct Runtime {
-    /// Pools, in configuration order.
-    pub pools: Vec<Arc<Pool>>,
-    /// Route table.
-    pub router: Router,
-    /// Router plugins in use: the listener's, then the routes'.
-    pub routers: Vec<RouterSlot>,
-    /// Index in `routers` of the router asked about every request.
-    pub listener_router: Option<usize>,
-    /// Access rules, by route index.
-    pub policies: Vec<RoutePolicy>,
-    /// Settings of the listeners.
-    pub edge: EdgeSettings,
-}
-
-/// What every request is checked against before routing.
-#[derive(Debug)]
-pub struct EdgeSettings {
-    /// Header, body and time limits.
-    pub limits: RequestLimits,
-    /// Peers whose `X-Forwarded-For` names the client.
-    pub trusted_proxies: Vec<IpNet>,
-    /// Port of the HTTPS listener plain-HTTP requests are redirected to, if they are.
-    pub redirect_https_port: Option<u16>,
-    /// Whether and how each request is logged.
-    pub access_log: AccessLog,
-}
+use crate::runtime::{EdgeSettings, Runtime};
 
 /// Requests in progress in this process; SIGTERM waits for it to reach zero.
 pub static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+
+/// After an early error response (413), how long the rest of the request body is read
+/// and dropped before closing, so the client reads the response instead of a reset
+/// (nginx's `lingering_close`), and how much of it at most.
+const LINGER: Duration = Duration::from_secs(5);
+const LINGER_BYTES: usize = 64 << 20;
 
 /// Counts a request in [`IN_FLIGHT`] for as long as it lives.
 #[derive(Debug)]
@@ -72,94 +52,58 @@ struct InFlight;
 
 impl InFlight {
     fn new() -> Self {
-        IN_FLIGHT.fetch_add(1, Ordering::SeqCst);
+        IN_FLIGHT.fetch_add(1, Ordering::Relaxed);
         InFlight
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        IN_FLIGHT.fetch_sub(1, Ordering::SeqCst);
+        IN_FLIGHT.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
-/// One use of a router plugin (the listener's or a route's).
+/// A response the proxy makes itself.
 #[derive(Debug)]
-pub struct RouterSlot {
-    /// `proxy` or `routes[N]`.
-    pub site: String,
-    /// Its `router_config`.
-    pub config: Vec<(String, String)>,
-    /// The live instance; replaced whole by a plugin reload.
-    pub instance: ArcSwap<RouterInstance>,
+struct Answer {
+    status: u16,
+    /// Label of `switchyard_refused_total`, for refusals at the edge.
+    reason: Option<&'static str>,
+    headers: Vec<(String, String)>,
+    body: String,
 }
 
-impl Runtime {
-    /// Index of the pool called `name`.
-    pub fn pool_index(&self, name: &str) -> Option<usize> {
-        self.pools.iter().position(|p| p.name == name)
-    }
-}
-
-/// What the routers made of a request.
-enum Routed {
-    Pool(usize),
-    Respond(RouteDecision),
-    Continue,
-}
-
-/// Asks router `slot` about the request; a failure or an unknown pool is logged and
-/// treated as `continue`, so a broken router never takes traffic down.
-fn ask_router(runtime: &Runtime, slot: usize, session: &mut Session) -> Routed {
-    let Some(slot) = runtime.routers.get(slot) else {
-        return Routed::Continue;
-    };
-    let instance = slot.instance.load();
-    let client = session.client_addr().and_then(|a| a.as_inet()).copied();
-    match instance.route(session.req_header_mut(), client) {
-        Ok(RouteDecision::Continue) => Routed::Continue,
-        Ok(RouteDecision::Pool(name)) => match runtime.pool_index(&name) {
-            Some(i) => Routed::Pool(i),
-            None => {
-                let e = instance.bad_reply(format!("chose pool {name:?}, which does not exist"));
-                tracing::warn!(router = %slot.site, error = %e, "router failed; request continues to the static routes");
-                Routed::Continue
-            }
-        },
-        Ok(respond) => Routed::Respond(respond),
-        Err(e) => {
-            tracing::warn!(router = %slot.site, error = %e, "router failed; request continues to the static routes");
-            Routed::Continue
+impl Answer {
+    /// A refusal at the edge, counted by `reason`.
+    fn refuse(status: u16, reason: &'static str, body: String) -> Self {
+        Answer {
+            status,
+            reason: Some(reason),
+            headers: Vec::new(),
+            body,
         }
     }
 }
 
-async fn respond_decision(session: &mut Session, decision: RouteDecision) -> Result<bool> {
-    let RouteDecision::Respond {
-        status,
-        headers,
-        body,
-    } = decision
-    else {
-        return Ok(false);
-    };
-    respond(session, status, headers, body).await
+/// What routing made of a request.
+enum Verdict {
+    Pool(usize),
+    Answer(Answer),
 }
 
 /// Sends a whole response the proxy makes itself. A header given wrong (by a router
 /// plugin) is dropped, not fatal.
-async fn respond(
-    session: &mut Session,
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: String,
-) -> Result<bool> {
-    let body = Bytes::from(body);
-    let mut header = ResponseHeader::build(status, Some(headers.len() + 2))?;
-    let has_type = headers
+async fn respond(session: &mut Session, answer: Answer) -> Result<bool> {
+    if let (Some(reason), Some(m)) = (answer.reason, crate::metrics::DATA_PATH.as_ref()) {
+        m.refused(reason);
+    }
+    let body = Bytes::from(answer.body);
+    let mut header = ResponseHeader::build(answer.status, Some(answer.headers.len() + 2))?;
+    let has_type = answer
+        .headers
         .iter()
         .any(|(name, _)| name.eq_ignore_ascii_case("content-type"));
-    for (name, value) in headers {
+    for (name, value) in answer.headers {
         let _ = header.append_header(name, value);
     }
     if !has_type {
@@ -174,51 +118,20 @@ async fn respond(
 }
 
 /// Appends `element` to the comma-separated list header `name` (a proxy's hop in
-/// `Forwarded` or `X-Forwarded-For`), keeping what earlier hops wrote.
+/// `Forwarded` or `X-Forwarded-For`), keeping every field earlier hops wrote.
 fn append_to_list(header: &mut RequestHeader, name: &'static str, element: String) -> Result<()> {
-    let value = match header.headers.get(name).and_then(|v| v.to_str().ok()) {
-        Some(earlier) => format!("{earlier}, {element}"),
-        None => element,
+    let earlier: Vec<&str> = header
+        .headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    let value = if earlier.is_empty() {
+        element
+    } else {
+        format!("{}, {element}", earlier.join(", "))
     };
     header.insert_header(name, value)
-}
-
-/// Answers `status` for a request refused at the edge, counting it by `reason`.
-async fn refuse(
-    session: &mut Session,
-    status: u16,
-    reason: &str,
-    headers: Vec<(String, String)>,
-    text: String,
-) -> Result<bool> {
-    if let Some(m) = crate::metrics::DATA_PATH.as_ref() {
-        m.refused(reason);
-    }
-    respond(session, status, headers, text).await
-}
-
-/// 308 to the same host and path on the HTTPS listener's port.
-async fn redirect_to_https(session: &mut Session, port: u16) -> Result<bool> {
-    let header = session.req_header();
-    let host = request_host(header);
-    let host = if host.contains(':') {
-        format!("[{host}]")
-    } else {
-        host
-    };
-    let authority = if port == 443 {
-        host
-    } else {
-        format!("{host}:{port}")
-    };
-    let target = header
-        .uri
-        .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .to_owned();
-    let location = format!("https://{authority}{target}");
-    let text = format!("switchyard: this site is served over HTTPS: {location}\n");
-    respond(session, 308, vec![("location".to_owned(), location)], text).await
 }
 
 /// The proxy application handed to Pingora.
@@ -262,6 +175,10 @@ pub struct RequestCtx {
     tls: bool,
     /// Request body bytes seen so far.
     body_bytes: u64,
+    /// Canonical host and path, as routes and plugins see them.
+    view: RequestView,
+    /// Send the backend the normalised path.
+    forward_normalized: Option<String>,
     /// The pool serving the request, which counts it while it lives.
     entry: Option<PoolEntry>,
     /// Time to the response header of the last attempt.
@@ -303,8 +220,9 @@ impl RequestCtx {
     /// Whether one more attempt may go to another backend, given the backends already
     /// tried (`tried`, the one that just failed included): within the pool's `retries`,
     /// with a candidate left, and — if `budgeted`, for the first retry — within the retry
-    /// budget. Retries of a connection that never opened are not budgeted: no backend did
-    /// any work, so they cannot multiply its load, and `retries` bounds them.
+    /// budget. Retries of an attempt the backend never answered are not budgeted: a
+    /// refused or reset connection did no work there, so they cannot multiply its load,
+    /// and `retries` bounds them.
     fn may_retry(&mut self, tried: &[usize], budgeted: bool) -> bool {
         let Some(entry) = self.entry.as_mut() else {
             return false;
@@ -325,6 +243,13 @@ impl RequestCtx {
         true
     }
 
+    /// The backends tried so far, the current attempt's included.
+    fn tried(&self) -> Vec<usize> {
+        let mut tried = self.excluded.clone();
+        tried.extend(self.attempt.as_ref().map(|a| a.backend));
+        tried
+    }
+
     /// Ends the current attempt, if any, telling the pool how it went.
     fn release(&mut self, failed: bool) {
         let (Some(PoolEntry { pool, .. }), Some(a)) = (&self.entry, self.attempt.take()) else {
@@ -335,6 +260,168 @@ impl RequestCtx {
         let latency = a.time_to_header.unwrap_or_else(|| a.started.elapsed());
         pool.finish(&a.balancer, a.backend, status, latency);
     }
+}
+
+/// Stage 1: what is checked before anything is routed — header limits, the canonical
+/// request target, a declared body over the limit. Gives the canonical view and the
+/// normalised target (path and query).
+fn admit(
+    header: &RequestHeader,
+    edge: &EdgeSettings,
+) -> std::result::Result<(RequestView, String), Answer> {
+    if let Err(problem) = edge::header_within(header, &edge.limits) {
+        return Err(Answer::refuse(
+            431,
+            "header_too_large",
+            format!("switchyard: {problem}\n"),
+        ));
+    }
+    let view = edge::canonical_view(header, edge.paths.encoded_slash)
+        .map_err(|e| Answer::refuse(400, "bad_request", format!("switchyard: {e}\n")))?;
+    let declared_body = header
+        .headers
+        .get("content-length")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared_body.is_some_and(|n| n > edge.limits.max_body_bytes) {
+        let text = format!(
+            "switchyard: the request body is larger than the {} bytes accepted\n",
+            edge.limits.max_body_bytes
+        );
+        return Err(Answer::refuse(413, "body_too_large", text));
+    }
+    Ok(view)
+}
+
+/// 308 to the same host and path on the HTTPS listener's port.
+fn redirect_to_https(header: &RequestHeader, host: &str, port: u16) -> Answer {
+    let host = if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host.to_owned()
+    };
+    let authority = if port == 443 {
+        host
+    } else {
+        format!("{host}:{port}")
+    };
+    let target = header.uri.path_and_query().map_or("/", |p| p.as_str());
+    let location = format!("https://{authority}{target}");
+    Answer {
+        status: 308,
+        reason: None,
+        body: format!("switchyard: this site is served over HTTPS: {location}\n"),
+        headers: vec![("location".to_owned(), location)],
+    }
+}
+
+/// Asks router `slot` about the request; a failure or an unknown pool is logged and
+/// treated as `continue`, so a broken router never takes traffic down.
+fn ask_router(
+    runtime: &Runtime,
+    slot: usize,
+    header: &mut RequestHeader,
+    view: &mut RequestView,
+) -> Option<Verdict> {
+    let slot = runtime.routers.get(slot)?;
+    let instance = slot.instance.load();
+    match instance.route(header, view) {
+        Ok(RouteDecision::Continue) => None,
+        Ok(RouteDecision::Pool(name)) => match runtime.pool_index(&name) {
+            Some(i) => Some(Verdict::Pool(i)),
+            None => {
+                let e = instance.bad_reply(format!("chose pool {name:?}, which does not exist"));
+                tracing::warn!(router = %slot.site, error = %e, "router failed; request continues to the static routes");
+                None
+            }
+        },
+        Ok(RouteDecision::Respond {
+            status,
+            headers,
+            body,
+        }) => Some(Verdict::Answer(Answer {
+            status,
+            reason: None,
+            headers,
+            body,
+        })),
+        Err(e) => {
+            tracing::warn!(router = %slot.site, error = %e, "router failed; request continues to the static routes");
+            None
+        }
+    }
+}
+
+/// Stage 2: which pool serves the request — the listener's router, then the route
+/// matched by canonical host and path, its access rules, then the route's router.
+fn route(runtime: &Runtime, header: &mut RequestHeader, ctx: &mut RequestCtx) -> Verdict {
+    if let Some(slot) = runtime.listener_router
+        && let Some(verdict) = ask_router(runtime, slot, header, &mut ctx.view)
+    {
+        return verdict;
+    }
+    let Some(target) = runtime.router.route(&ctx.view.host, &ctx.view.path) else {
+        let text = format!(
+            "switchyard: no route for host {:?} and path {:?}\n",
+            ctx.view.host, ctx.view.path
+        );
+        return Verdict::Answer(Answer {
+            status: 404,
+            reason: None,
+            headers: Vec::new(),
+            body: text,
+        });
+    };
+    let policy = target.route.and_then(|r| runtime.policies.get(r));
+    if let Some(refusal) = policy.and_then(|p| p.check(ctx.client).err()) {
+        let answer = match refusal {
+            Refusal::Forbidden => {
+                let who = ctx
+                    .client
+                    .map_or("this client".to_owned(), |ip| ip.to_string());
+                Answer::refuse(
+                    403,
+                    refusal.reason(),
+                    format!("switchyard: {who} may not use this route\n"),
+                )
+            }
+            Refusal::RateLimited(wait) => {
+                let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+                let mut answer = Answer::refuse(
+                    429,
+                    refusal.reason(),
+                    "switchyard: too many requests from this client; retry later\n".to_owned(),
+                );
+                answer
+                    .headers
+                    .push(("retry-after".to_owned(), seconds.max(1).to_string()));
+                answer
+            }
+        };
+        return Verdict::Answer(answer);
+    }
+    if let Some(slot) = target.router
+        && let Some(verdict) = ask_router(runtime, slot, header, &mut ctx.view)
+    {
+        return verdict;
+    }
+    Verdict::Pool(target.pool)
+}
+
+/// Reads and drops what is left of the request body for a while, after an early
+/// error response, so that closing the connection does not reset it under the client
+/// before it has read the response.
+async fn linger(session: &mut Session) {
+    let drain = async {
+        let mut read = 0;
+        while read < LINGER_BYTES {
+            match session.as_downstream_mut().read_request_body().await {
+                Ok(Some(chunk)) => read += chunk.len(),
+                _ => break,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER, drain).await;
 }
 
 #[async_trait]
@@ -353,84 +440,35 @@ impl ProxyHttp for Switchyard {
         let runtime = self.runtime.load_full();
         let edge = &runtime.edge;
         session.set_read_timeout(Some(edge.limits.client_timeout));
+        // Requests pipelined behind this one are answered in order (RFC 9112 §9.3.2).
+        session.as_downstream_mut().set_pipelining_enabled(true);
         ctx.tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
-        if let Err(problem) = edge::header_within(session.req_header(), &edge.limits) {
-            return refuse(
-                session,
-                431,
-                "header_too_large",
-                Vec::new(),
-                format!("switchyard: {problem}\n"),
-            )
-            .await;
-        }
-        let declared_body = session
-            .req_header()
-            .headers
-            .get("content-length")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok());
-        if declared_body.is_some_and(|n| n > edge.limits.max_body_bytes) {
-            let text = format!(
-                "switchyard: the request body is larger than the {} bytes accepted\n",
-                edge.limits.max_body_bytes
-            );
-            return refuse(session, 413, "body_too_large", Vec::new(), text).await;
+        let peer = session.client_addr().and_then(|a| a.as_inet()).copied();
+        let (view, normalized) = match admit(session.req_header(), edge) {
+            Ok(admitted) => admitted,
+            Err(answer) => return respond(session, answer).await,
+        };
+        ctx.view = view;
+        ctx.view.client = peer;
+        if edge.paths.forward_normalized {
+            ctx.forward_normalized = Some(normalized);
         }
         if let (Some(port), false) = (edge.redirect_https_port, ctx.tls) {
-            return redirect_to_https(session, port).await;
+            let answer = redirect_to_https(session.req_header(), &ctx.view.host, port);
+            return respond(session, answer).await;
         }
-        let peer = session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| a.ip());
-        ctx.client = edge::client_ip(peer, session.req_header(), &edge.trusted_proxies);
-        if let Some(slot) = runtime.listener_router {
-            match ask_router(&runtime, slot, session) {
-                Routed::Pool(i) => {
-                    ctx.enter(runtime.pools.get(i));
-                    return Ok(false);
-                }
-                Routed::Respond(decision) => return respond_decision(session, decision).await,
-                Routed::Continue => {}
+        ctx.client = edge::client_ip(
+            peer.map(|a| a.ip()),
+            session.req_header(),
+            &edge.trusted_proxies,
+        );
+        match route(&runtime, session.req_header_mut(), ctx) {
+            Verdict::Pool(i) => {
+                ctx.enter(runtime.pools.get(i));
+                Ok(false)
             }
+            Verdict::Answer(answer) => respond(session, answer).await,
         }
-        let header = session.req_header();
-        let host = request_host(header);
-        let path = header.uri.path().to_owned();
-        let Some(target) = runtime.router.route(&host, &path) else {
-            let text = format!("switchyard: no route for host {host:?} and path {path:?}\n");
-            return respond(session, 404, Vec::new(), text).await;
-        };
-        let policy = target.route.and_then(|r| runtime.policies.get(r));
-        if let Some(refusal) = policy.and_then(|p| p.check(ctx.client).err()) {
-            return match refusal {
-                Refusal::Forbidden => {
-                    let text = format!(
-                        "switchyard: {} may not use this route\n",
-                        ctx.client
-                            .map_or("this client".to_owned(), |ip| ip.to_string())
-                    );
-                    refuse(session, 403, refusal.reason(), Vec::new(), text).await
-                }
-                Refusal::RateLimited(wait) => {
-                    let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-                    let headers = vec![("retry-after".to_owned(), seconds.max(1).to_string())];
-                    let text = "switchyard: too many requests from this client; retry later\n";
-                    refuse(session, 429, refusal.reason(), headers, text.to_owned()).await
-                }
-            };
-        }
-        let mut pool = target.pool;
-        if let Some(slot) = target.router {
-            match ask_router(&runtime, slot, session) {
-                Routed::Pool(i) => pool = i,
-                Routed::Respond(decision) => return respond_decision(session, decision).await,
-                Routed::Continue => {}
-            }
-        }
-        ctx.enter(runtime.pools.get(pool));
-        Ok(false)
     }
 
     async fn request_body_filter(
@@ -475,8 +513,7 @@ impl ProxyHttp for Switchyard {
                 "request reached upstream_peer without a pool",
             ));
         };
-        let client = session.client_addr().and_then(|a| a.as_inet()).copied();
-        let choice = match pool.choose(session.req_header_mut(), client, &ctx.excluded) {
+        let choice = match pool.choose(session.req_header_mut(), &mut ctx.view, &ctx.excluded) {
             Ok(Some(choice)) => choice,
             Ok(None) => {
                 ctx.error_body = Some(format!(
@@ -560,6 +597,11 @@ impl ProxyHttp for Switchyard {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         edge::strip_hop_by_hop(upstream);
+        if let Some(target) = &ctx.forward_normalized
+            && let Ok(uri) = target.parse::<http::Uri>()
+        {
+            upstream.set_uri(uri);
+        }
         let peer = session
             .client_addr()
             .and_then(|a| a.as_inet())
@@ -571,8 +613,8 @@ impl ProxyHttp for Switchyard {
                 IpAddr::V4(v4) => v4.to_string(),
                 IpAddr::V6(v6) => format!("\"[{v6}]\""),
             };
-            let host = request_host(upstream);
             let mut element = format!("for={node};proto={proto}");
+            let host = &ctx.view.host;
             if !host.is_empty()
                 && host
                     .bytes()
@@ -605,24 +647,19 @@ impl ProxyHttp for Switchyard {
         };
         a.status = status;
         a.time_to_header = Some(a.started.elapsed());
-        let current = a.backend;
         let wants_retry = ctx.pool().is_some_and(|p| p.retry_on.contains(&status))
             && session.req_header().method.is_idempotent();
-        if wants_retry {
-            let mut tried = ctx.excluded.clone();
-            tried.push(current);
-            if ctx.may_retry(&tried, true) {
-                if let (Some(m), Some(pool)) = (crate::metrics::DATA_PATH.as_ref(), ctx.pool()) {
-                    m.retry(&pool.name);
-                }
-                // Nothing has gone to the client yet: Pingora asks `upstream_peer` again.
-                let mut e = Error::explain(
-                    ErrorType::HTTPStatus(status),
-                    format!("backend answered {status}, which retry_on retries"),
-                );
-                e.set_retry(true);
-                return Err(e);
+        if wants_retry && ctx.may_retry(&ctx.tried(), true) {
+            if let (Some(m), Some(pool)) = (crate::metrics::DATA_PATH.as_ref(), ctx.pool()) {
+                m.retry(&pool.name);
             }
+            // Nothing has gone to the client yet: Pingora asks `upstream_peer` again.
+            let mut e = Error::explain(
+                ErrorType::HTTPStatus(status),
+                format!("backend answered {status}, which retry_on retries"),
+            );
+            e.set_retry(true);
+            return Err(e);
         }
         Ok(())
     }
@@ -636,17 +673,40 @@ impl ProxyHttp for Switchyard {
         client_reused: bool,
     ) -> Box<Error> {
         let mut e = e.more_context(format!("Peer: {peer}"));
-        // Pingora's policy: only idempotent requests whose body is still buffered.
-        if !session.req_header().method.is_idempotent() || session.as_ref().retry_buffer_truncated()
-        {
+        let replayable = session.req_header().method.is_idempotent()
+            && !session.as_ref().retry_buffer_truncated();
+        if !replayable {
             e.set_retry(false);
-        } else {
-            e.retry.decide_reuse(client_reused);
+            return e;
         }
-        if e.retry() && !matches!(e.etype(), ErrorType::HTTPStatus(_)) {
-            let mut tried = ctx.excluded.clone();
-            tried.extend(ctx.attempt.as_ref().map(|a| a.backend));
-            let retry = ctx.may_retry(&tried, true);
+        if matches!(e.etype(), ErrorType::HTTPStatus(_)) {
+            // A `retry_on` status: upstream_response_filter decided, within the budget.
+            return e;
+        }
+        // The backend closed or reset the connection before any byte of a response (it
+        // died, or dropped a reused connection): it cannot have answered, so another
+        // backend may be asked whatever the connection's age — not only, as Pingora
+        // would, when it was reused.
+        let unanswered = ctx
+            .attempt
+            .as_ref()
+            .is_some_and(|a| a.time_to_header.is_none());
+        let dropped = matches!(
+            e.etype(),
+            ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError
+        );
+        if unanswered && dropped {
+            let retry = ctx.may_retry(&ctx.tried(), false);
+            e.set_retry(retry);
+            if retry && let (Some(m), Some(pool)) = (crate::metrics::DATA_PATH.as_ref(), ctx.pool())
+            {
+                m.retry(&pool.name);
+            }
+            return e;
+        }
+        e.retry.decide_reuse(client_reused);
+        if e.retry() {
+            let retry = ctx.may_retry(&ctx.tried(), true);
             e.set_retry(retry);
         }
         e
@@ -661,7 +721,20 @@ impl ProxyHttp for Switchyard {
         let code = match e.etype() {
             ErrorType::HTTPStatus(code) => *code,
             _ => match e.esource() {
-                ErrorSource::Upstream => 502,
+                ErrorSource::Upstream => match e.etype() {
+                    ErrorType::ReadTimedout => {
+                        let backend = ctx
+                            .pool()
+                            .zip(ctx.attempt.as_ref())
+                            .map(|(p, a)| p.backends[a.backend].addr.to_string())
+                            .unwrap_or_else(|| "the backend".to_owned());
+                        ctx.error_body = Some(format!(
+                            "switchyard: {backend} did not answer within the pool's read_timeout\n"
+                        ));
+                        504
+                    }
+                    _ => 502,
+                },
                 ErrorSource::Downstream => match e.etype() {
                     // The client is gone: nothing to answer.
                     ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
@@ -687,6 +760,9 @@ impl ProxyHttp for Switchyard {
             };
             if let Err(e) = written {
                 tracing::debug!(error = %e, "could not send the error response");
+            }
+            if code == 413 {
+                linger(session).await;
             }
         }
         FailToProxy {
@@ -726,12 +802,12 @@ impl ProxyHttp for Switchyard {
             target: "switchyard::access",
             client = ctx.client.map_or(String::from("-"), |ip| ip.to_string()),
             method = %header.method,
-            host = %request_host(header),
-            path = %header.uri.path(),
+            host = %ctx.view.host,
+            path = %ctx.view.path,
             status,
             pool = ctx.pool().map_or("-", |p| p.name.as_str()),
             backend = backend.map_or(String::from("-"), |a| a.to_string()),
-            decision = ?ctx.decision,
+            decision = %ctx.decision.map_or("-", Decision::as_str),
             decision_us = ctx.decision_time.as_micros() as u64,
             upstream_us = micros(ctx.upstream_time),
             total_us = micros(ctx.arrived.map(|t| t.elapsed())),

@@ -1,22 +1,22 @@
-//! Turning a validated [`Config`] into a running proxy, and rebuilding it at run time.
+//! Turning a validated [`Config`] into a running proxy: the one module that wires the
+//! runtime, the listeners, and the background jobs together.
 
 use arc_swap::ArcSwap;
 use pingora::apps::HttpServerOptions;
+use pingora::listeners::{DEFAULT_L4_WRITE_BUFFER_SIZE, L4BufferSettings, ListenerConfig};
 use pingora::server::Server;
 use pingora::server::configuration::ServerConf;
-use std::collections::HashMap;
+use pingora::services::listening::Service;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use crate::config::{Config, ConfigErrors};
+use crate::connections::{Capped, ConnectionCaps};
 use crate::control::Control;
-use crate::edge::RoutePolicy;
-use crate::plugin::{
-    LoadedPlugin, PluginEngine, PluginError, PluginRegistry, PoolBalancer, RouterInstance,
-    WorldKind,
-};
-use crate::pool::Pool;
-use crate::proxy::{EdgeSettings, RouterSlot, Runtime, Switchyard};
-use crate::router::Router;
+use crate::plugin::PluginEngine;
+use crate::proxy::Switchyard;
+use crate::runtime::{BuildError, build_runtime};
+use crate::tls::ListenerCertificates;
 
 /// Why the proxy could not start (or a reload was rejected).
 #[derive(Debug, thiserror::Error)]
@@ -24,192 +24,133 @@ pub enum StartError {
     /// The configuration file has problems.
     #[error("{0}")]
     Config(#[from] ConfigErrors),
-    /// A plugin could not be loaded or initialised, per pool.
-    #[error("{}", .0.iter().map(|(at, e)| format!("error: {at}: {e}")).collect::<Vec<_>>().join("\n"))]
-    Plugins(Vec<(String, PluginError)>),
+    /// A plugin or CA file could not be loaded.
+    #[error("{0}")]
+    Build(#[from] BuildError),
     /// wasmtime could not be set up.
     #[error("cannot start the plugin engine: {0}")]
     Engine(String),
     /// The admin socket could not be opened.
     #[error("{0}")]
     Admin(String),
-    /// A certificate, key or CA file could not be used.
+    /// A certificate or key could not be used.
     #[error("error: {0}")]
     Tls(String),
+    /// A listener cannot bind its address.
+    #[error("error: {0}")]
+    Bind(String),
 }
 
-/// A registry for `config`'s plugin directory and cache.
-pub fn registry(config: &Config, engine: &PluginEngine) -> Result<PluginRegistry, StartError> {
-    PluginRegistry::new(
-        engine.clone(),
-        config.plugins.dir.clone(),
-        config.plugins.cache_dir.clone(),
-    )
-    .map_err(|e| StartError::Engine(format!("{e:#}")))
-}
-
-/// Loads every plugin the configuration names and builds the pools and routers,
-/// reporting every one whose plugin fails (with the location of its key). Plugins whose
-/// code is unchanged since `previous` are reused without compiling, and backends that
-/// were draining there stay draining.
-pub fn build_runtime(
+/// Loads the certificates of every HTTPS listener, as `run` will serve them.
+pub fn load_certificates(
     config: &Config,
-    engine: &PluginEngine,
-    previous: Option<&Runtime>,
-) -> Result<Runtime, StartError> {
-    let registry = registry(config, engine)?;
-    let mut reusable: HashMap<(String, String), Arc<LoadedPlugin>> = HashMap::new();
-    if let Some(previous) = previous {
-        let balancers = previous
-            .pools
-            .iter()
-            .map(|p| Arc::clone(p.balancer.load().plugin()));
-        let routers = previous
-            .routers
-            .iter()
-            .map(|r| Arc::clone(r.instance.load().plugin()));
-        for plugin in balancers.chain(routers) {
-            reusable.insert((plugin.name.clone(), plugin.sha256.clone()), plugin);
-        }
-    }
-    let mut loaded: HashMap<String, Option<Arc<LoadedPlugin>>> = HashMap::new();
-    let mut errors = Vec::new();
-    // Each plugin is compiled once, and a failure reported once, at its first use.
-    let mut load =
-        |name: &str, world: WorldKind, at: &str, errors: &mut Vec<(String, PluginError)>| {
-            loaded
-                .entry(name.to_owned())
-                .or_insert_with(|| {
-                    let (source, bytes) = registry
-                        .read(name)
-                        .map_err(|e| errors.push((at.to_owned(), e)))
-                        .ok()?;
-                    let sha256 = crate::plugin::registry::sha256_hex(&bytes);
-                    match reusable.get(&(name.to_owned(), sha256)) {
-                        Some(p) if p.source == source && p.world() == world => Some(Arc::clone(p)),
-                        _ => registry
-                            .load_bytes(name, source, &bytes, world)
-                            .map_err(|e| errors.push((at.to_owned(), e)))
-                            .ok(),
-                    }
-                })
-                .clone()
-        };
+) -> Result<Vec<(SocketAddr, Arc<ListenerCertificates>)>, StartError> {
+    config
+        .proxy
+        .tls
+        .iter()
+        .map(|l| {
+            ListenerCertificates::load(l)
+                .map(|c| (l.listen, Arc::new(c)))
+                .map_err(StartError::Tls)
+        })
+        .collect()
+}
 
-    let mut pools = Vec::new();
-    for pool in &config.pools {
-        let at = format!("{} (pool {:?})", pool.balancer_at, pool.name);
-        let Some(plugin) = load(&pool.balancer, WorldKind::Balancer, &at, &mut errors) else {
-            continue;
-        };
-        match PoolBalancer::new(plugin, pool.balancer_config.clone(), pool.limits.clone()) {
-            Ok(balancer) => {
-                let mut new = Pool::new(pool, balancer);
-                if let Some(path) = pool.tls.as_ref().and_then(|t| t.ca_file.as_ref()) {
-                    match crate::tls::load_ca(path) {
-                        Ok(ca) => new.ca = Some(ca),
-                        Err(e) => {
-                            return Err(StartError::Tls(format!(
-                                "pool {:?}: ca_file: {e}",
-                                pool.name
-                            )));
-                        }
-                    }
+/// Binds each address once, so that an address in use or a privileged port fails the
+/// start with one clear line, before anything says "listening". (Pingora binds again,
+/// with `SO_REUSEADDR`, when the server starts.)
+fn check_binds(config: &Config) -> Result<(), StartError> {
+    let plain = config.proxy.listen.iter().map(|a| (*a, "proxy.listen"));
+    let tls = config
+        .proxy
+        .tls
+        .iter()
+        .map(|t| (t.listen, "proxy.tls.listen"));
+    for (addr, field) in plain.chain(tls) {
+        if let Err(e) = std::net::TcpListener::bind(addr) {
+            let hint = match e.kind() {
+                std::io::ErrorKind::PermissionDenied => {
+                    "; ports below 1024 need root, or CAP_NET_BIND_SERVICE (systemd: AmbientCapabilities=CAP_NET_BIND_SERVICE)".to_owned()
                 }
-                if let Some(old) =
-                    previous.and_then(|r| r.pools.iter().find(|p| p.name == new.name))
-                {
-                    new.keep_state_from(old);
-                }
-                pools.push(Arc::new(new));
-            }
-            Err(e) => errors.push((at, e)),
+                std::io::ErrorKind::AddrInUse => "; another process listens there (see `ss -ltnp`)".to_owned(),
+                std::io::ErrorKind::AddrNotAvailable => "; no interface of this machine has that address".to_owned(),
+                _ => String::new(),
+            };
+            return Err(StartError::Bind(format!("{field} {addr}: {e}{hint}")));
         }
     }
+    Ok(())
+}
 
-    let uses =
-        config
-            .proxy
-            .router
-            .iter()
-            .map(|r| ("proxy".to_owned(), r))
-            .chain(
-                config.routes.iter().enumerate().filter_map(|(i, route)| {
-                    Some((format!("routes[{i}]"), route.router.as_ref()?))
-                }),
-            );
-    let mut routers = Vec::new();
-    for (site, router) in uses {
-        let at = format!("{} ({site})", router.at);
-        let Some(plugin) = load(&router.name, WorldKind::Router, &at, &mut errors) else {
-            continue;
-        };
-        match RouterInstance::new(plugin, router.config.clone(), config.plugins.limits.clone()) {
-            Ok(instance) => routers.push(RouterSlot {
-                site,
-                config: router.config.clone(),
-                instance: ArcSwap::from_pointee(instance),
-            }),
-            Err(e) => errors.push((at, e)),
-        }
-    }
-    if !errors.is_empty() {
-        return Err(StartError::Plugins(errors));
-    }
-    let listener_router = routers.iter().position(|r| r.site == "proxy");
-    let names: Vec<&str> = config.pools.iter().map(|p| p.name.as_str()).collect();
-    let router = Router::new(
-        &config.routes,
-        pools.len(),
-        |name| names.iter().position(|n| *n == name),
-        |i| {
-            routers
-                .iter()
-                .position(|r| r.site == format!("routes[{i}]"))
-        },
-    );
-    let proxy = &config.proxy;
-    Ok(Runtime {
-        pools,
-        router,
-        routers,
-        listener_router,
-        policies: config.routes.iter().map(RoutePolicy::new).collect(),
-        edge: EdgeSettings {
-            limits: proxy.limits.clone(),
-            trusted_proxies: proxy.trusted_proxies.clone(),
-            redirect_https_port: proxy
-                .redirect_to_https
-                .then(|| proxy.tls.first().map(|t| t.listen.port()))
-                .flatten(),
-            access_log: proxy.access_log,
-        },
-    })
+/// Read buffer per client connection: none. Pingora's default (64 KiB) is allocated for
+/// every connection, idle or not, and a 20,000-connection flood then costs 8 KiB more
+/// per connection; the header is read into its own buffer anyway, and bodies in larger
+/// chunks that bypass it.
+const L4_READ_BUFFER: usize = 0;
+
+/// Pingora's per-connection HTTP settings from `[proxy]`.
+fn http_options(config: &Config) -> HttpServerOptions {
+    let limits = &config.proxy.limits;
+    let mut options = HttpServerOptions::default();
+    // gRPC clients speak HTTP/2 without TLS (h2c); HTTP/1 clients are told apart by the
+    // first byte that differs from the preface.
+    options.h2c = true;
+    options.h1_header_timeout = Some(limits.client_header_timeout);
+    options.h1_max_header_size = usize::try_from(limits.max_header_bytes).ok();
+    options.h1_keepalive_timeout = Some(limits.keepalive_timeout);
+    options
 }
 
 /// Runs the proxy until it is told to stop. Never returns on success.
 pub fn run(config: Config) -> Result<(), StartError> {
+    let open_files = crate::connections::raise_open_files_limit();
     let engine = PluginEngine::new().map_err(|e| StartError::Engine(format!("{e:#}")))?;
     let runtime = build_runtime(&config, &engine, None)?;
+    let certificates = load_certificates(&config)?;
+    check_binds(&config)?;
     for pool in &runtime.pools {
         let balancer = pool.balancer.load();
         let plugin = balancer.plugin();
         tracing::info!(pool = %pool.name, balancer = %plugin.name, source = %plugin.source, backends = pool.backends.len(), "pool ready");
     }
     let runtime = Arc::new(ArcSwap::from_pointee(runtime));
+    let listeners: Vec<SocketAddr> = config
+        .proxy
+        .listen
+        .iter()
+        .copied()
+        .chain(config.proxy.tls.iter().map(|t| t.listen))
+        .collect();
+    let connections = config.proxy.connections;
+    let max = connections
+        .max
+        .unwrap_or_else(|| crate::connections::default_max(open_files));
+    let caps = Arc::new(ConnectionCaps::new(
+        max,
+        connections.per_listener,
+        &listeners,
+    ));
+    tracing::info!(max_connections = max, open_files, "connection limits");
     crate::health::start(Arc::clone(&runtime))
         .map_err(|e| StartError::Engine(format!("cannot start the health checker: {e}")))?;
-    let control = Arc::new(Control::new(config.clone(), engine, Arc::clone(&runtime)));
+    let control = Arc::new(Control::new(
+        config.clone(),
+        engine,
+        Arc::clone(&runtime),
+        certificates.clone(),
+        Arc::clone(&caps),
+    ));
     if let Some(addr) = config.metrics {
         crate::metrics::start(addr, Arc::clone(&control))
             .map_err(|e| StartError::Admin(format!("metrics listener {addr}: {e}")))?;
     }
     let _admin = crate::admin::start(control, &config.admin.socket)
         .map_err(|e| StartError::Admin(e.to_string()))?;
-
     let mut tls_settings = Vec::new();
-    for (i, listener) in config.proxy.tls.iter().enumerate() {
-        let settings = crate::tls::listener_settings(listener, i).map_err(StartError::Tls)?;
+    for (listener, (_, store)) in config.proxy.tls.iter().zip(&certificates) {
+        let settings =
+            crate::tls::listener_settings(listener, Arc::clone(store)).map_err(StartError::Tls)?;
         tls_settings.push((listener.listen, settings));
     }
     let grace = config.proxy.grace_period;
@@ -226,21 +167,19 @@ pub fn run(config: Config) -> Result<(), StartError> {
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
-    let mut service =
-        pingora::proxy::http_proxy_service(&server.configuration, Switchyard::new(runtime));
-    if let Some(app) = service.app_logic_mut() {
-        // gRPC clients speak HTTP/2 without TLS (h2c); HTTP/1 clients are told apart
-        // by the missing preface.
-        let mut options = HttpServerOptions::default();
-        options.h2c = true;
-        app.server_options = Some(options);
-    }
+    let mut proxy = pingora::proxy::http_proxy(&server.configuration, Switchyard::new(runtime));
+    proxy.server_options = Some(http_options(&config));
+    let mut service = Service::new("switchyard".to_owned(), Capped::new(proxy, caps));
+    let buffers = || L4BufferSettings::new(L4_READ_BUFFER, DEFAULT_L4_WRITE_BUFFER_SIZE);
     for addr in &config.proxy.listen {
-        service.add_tcp(&addr.to_string());
+        service.add_listener(ListenerConfig::tcp(addr.to_string()).l4_buffer(buffers()));
         tracing::info!(%addr, "listening");
     }
     for (addr, settings) in tls_settings {
-        service.add_tls_with_settings(&addr.to_string(), None, settings);
+        let listener = ListenerConfig::tcp(addr.to_string())
+            .tls(settings)
+            .l4_buffer(buffers());
+        service.add_listener(listener);
         tracing::info!(%addr, "listening (HTTPS)");
     }
     server.add_service(service);

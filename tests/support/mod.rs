@@ -529,3 +529,43 @@ pub fn promtool_check(text: &str) {
         ),
     }
 }
+
+/// Sends `raw` as it is on a fresh connection and reads until the proxy closes it (or
+/// `wait` passes): everything received, or the error that ended the read (a reset shows
+/// as `ConnectionReset` even after part of a response).
+pub async fn raw_exchange(
+    addr: SocketAddr,
+    raw: &[u8],
+    wait: Duration,
+) -> Result<Vec<u8>, (std::io::Error, Vec<u8>)> {
+    let mut s = TcpStream::connect(addr)
+        .await
+        .map_err(|e| (e, Vec::new()))?;
+    if let Err(e) = s.write_all(raw).await {
+        return Err((e, Vec::new()));
+    }
+    let mut out = Vec::new();
+    let read = tokio::time::timeout(wait, async {
+        let mut buf = [0u8; 16384];
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) => return Ok(()),
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+                Err(e) => return Err(e),
+            }
+        }
+    })
+    .await;
+    match read {
+        Ok(Ok(())) | Err(_) => Ok(out),
+        Ok(Err(e)) => Err((e, out)),
+    }
+}
+
+/// The status codes of the responses in `raw`, in order.
+pub fn statuses(raw: &[u8]) -> Vec<u16> {
+    let text = String::from_utf8_lossy(raw);
+    text.match_indices("HTTP/1.1 ")
+        .filter_map(|(i, _)| text.get(i + 9..i + 12)?.parse().ok())
+        .collect()
+}

@@ -1,15 +1,16 @@
-//! Least connections, relative to weight.
+//! Least connections, relative to weight (nginx's `least_conn`).
 //!
 //! ```text
-//! score(i) = (in_flightᵢ + 1) / wᵢ          lowest score wins
+//! load(i) = in_flightᵢ / wᵢ          lowest load wins
 //! ```
 //!
-//! (compared as `(in_flightₐ + 1)·w_b < (in_flight_b + 1)·wₐ`, exactly, without floats).
-//! `in_flight` is counted by the host across all proxy threads.
+//! (compared as `in_flightₐ·w_b < in_flight_b·wₐ`, exactly, without floats).
+//! `in_flight` is counted by the host across all proxy threads. Backends tied at the
+//! lowest load share the request by smooth weighted round-robin among themselves, so
+//! idle backends of weights 2:1 take requests 2:1, not all on the heavier one.
 //!
 //! `balancer_config.choices`:
-//! - `"all"` (default): scan every healthy backend; ties go round-robin, so idle backends
-//!   share the load instead of the first one taking it all.
+//! - `"all"` (default): scan every healthy backend.
 //! - `"2"`: power of two choices — compare two distinct random healthy backends, the
 //!   second drawn from the n − 1 others. O(1) per pick for large pools.
 
@@ -28,15 +29,15 @@ pub enum Choices {
 #[derive(Debug)]
 pub struct LeastConn {
     choices: Choices,
-    /// Where the next full scan starts, so ties rotate.
-    cursor: usize,
+    /// Smooth weighted round-robin among tied backends: each one's running value.
+    current: Vec<i64>,
     rng: Rng,
 }
 
-/// True when `a` carries strictly less load per unit of weight than `b`.
-fn lighter(a: &Backend, b: &Backend) -> bool {
-    (u64::from(a.in_flight) + 1) * u64::from(b.weight)
-        < (u64::from(b.in_flight) + 1) * u64::from(a.weight)
+/// Compares the loads `in_flight / weight` of two backends, exactly.
+fn load_order(a: &Backend, b: &Backend) -> std::cmp::Ordering {
+    (u64::from(a.in_flight) * u64::from(b.weight))
+        .cmp(&(u64::from(b.in_flight) * u64::from(a.weight)))
 }
 
 impl LeastConn {
@@ -44,7 +45,7 @@ impl LeastConn {
     pub fn new(choices: Choices, rng: Rng) -> Self {
         LeastConn {
             choices,
-            cursor: 0,
+            current: Vec::new(),
             rng,
         }
     }
@@ -58,18 +59,25 @@ impl LeastConn {
     }
 
     fn scan(&mut self, backends: &Backends<'_>) -> Option<usize> {
-        let n = backends.len();
-        let mut best: Option<Backend> = None;
-        for k in 0..n {
-            let Some(b) = backends.get((self.cursor + k) % n) else {
-                continue;
-            };
-            if b.healthy && best.as_ref().is_none_or(|cur| lighter(&b, cur)) {
-                best = Some(b);
+        let lightest = backends.healthy().min_by(load_order)?;
+        // Smooth weighted round-robin among the backends tied at the lowest load:
+        // current += w for each, the largest wins and gives back the tied total.
+        self.current.resize(backends.len(), 0);
+        let mut total = 0i64;
+        let mut chosen: Option<usize> = None;
+        for b in backends
+            .healthy()
+            .filter(|b| load_order(b, &lightest).is_eq())
+        {
+            let weight = i64::from(b.weight);
+            total += weight;
+            self.current[b.index] += weight;
+            if chosen.is_none_or(|c| self.current[b.index] > self.current[c]) {
+                chosen = Some(b.index);
             }
         }
-        let chosen = best?.index;
-        self.cursor = chosen + 1;
+        let chosen = chosen?;
+        self.current[chosen] -= total;
         Some(chosen)
     }
 
@@ -77,7 +85,19 @@ impl LeastConn {
         match backends.two_healthy(&mut self.rng) {
             Candidates::None => None,
             Candidates::One(only) => Some(only.index),
-            Candidates::Two(a, b) => Some(if lighter(&b, &a) { b.index } else { a.index }),
+            Candidates::Two(a, b) => Some(match load_order(&a, &b) {
+                std::cmp::Ordering::Less => a.index,
+                std::cmp::Ordering::Greater => b.index,
+                // A tie goes to each in proportion to its weight.
+                std::cmp::Ordering::Equal => {
+                    let total = a.weight as usize + b.weight as usize;
+                    if self.rng.below(total) < a.weight as usize {
+                        a.index
+                    } else {
+                        b.index
+                    }
+                }
+            }),
         }
     }
 }
@@ -126,9 +146,23 @@ mod tests {
     #[test]
     fn picks_the_least_loaded_relative_to_weight() {
         let mut lc = LeastConn::new(Choices::All, Rng::with_seed(1));
-        // scores: 4/1, 5/3, 2/1 → backend 1
-        let raw = loaded(&[3, 4, 1], &[1, 3, 1]);
+        // loads: 3/1, 4/3, 2/1 → backend 1
+        let raw = loaded(&[3, 4, 2], &[1, 3, 1]);
         assert_eq!(lc.pick(&Backends::new(&raw)), Some(1));
+    }
+
+    #[test]
+    fn idle_backends_share_by_weight() {
+        // One request at a time: every backend is idle at each pick, so weights 2:1
+        // must give 2:1, interleaved, as nginx's least_conn does.
+        let mut lc = LeastConn::new(Choices::All, Rng::with_seed(1));
+        let raw = loaded(&[0, 0], &[2, 1]);
+        let view = Backends::new(&raw);
+        let picks: Vec<_> = (0..9).map(|_| lc.pick(&view).unwrap()).collect();
+        assert_eq!(picks, [0, 1, 0, 0, 1, 0, 0, 1, 0]);
+        let mut two = LeastConn::new(Choices::Two, Rng::with_seed(7));
+        let heavy = (0..3000).filter(|_| two.pick(&view) == Some(0)).count();
+        assert!((1900..2100).contains(&heavy), "{heavy}");
     }
 
     #[test]

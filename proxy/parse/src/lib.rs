@@ -5,3 +5,4 @@
 
 pub mod admin_protocol;
 pub mod config;
+pub mod request;

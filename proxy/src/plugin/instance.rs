@@ -10,7 +10,6 @@
 //! a fresh one is made, with `init` run again, on the next call.
 
 use pingora::http::RequestHeader;
-use std::net::SocketAddr;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -19,7 +18,7 @@ use wasmtime::Store;
 use wasmtime::component::Resource;
 
 use super::host_bindings::{Balancer, BalancerPre};
-use super::request::RequestHandle;
+use super::request::{RequestHandle, RequestView};
 use super::router_bindings::{Router, RouterPre};
 use super::sandbox::{PluginEngine, PluginState};
 use super::{LoadedPlugin, PluginError};
@@ -312,7 +311,7 @@ impl<W: World> PluginInstance<W> {
     fn with_instance<R>(
         &self,
         call: &'static str,
-        request: Option<(&mut RequestHeader, Option<SocketAddr>)>,
+        request: Option<(&mut RequestHeader, &mut RequestView)>,
         f: impl FnOnce(&W, &mut Store<PluginState>) -> wasmtime::Result<R>,
     ) -> Result<R, PluginError> {
         if let Some(detail) = self.quarantined_for() {
@@ -427,7 +426,7 @@ impl<W: World> PluginInstance<W> {
     fn call_instance<R>(
         &self,
         call: &'static str,
-        request: Option<(&mut RequestHeader, Option<SocketAddr>)>,
+        request: Option<(&mut RequestHeader, &mut RequestView)>,
         f: impl FnOnce(&W, &mut Store<PluginState>) -> wasmtime::Result<R>,
     ) -> Result<R, PluginError> {
         self.stats.calls.fetch_add(1, Ordering::Relaxed);
@@ -467,12 +466,10 @@ impl<W: World> PluginInstance<W> {
             .set_epoch_deadline(PluginEngine::deadline_ticks(self.limits.call_timeout));
         let started = Instant::now();
         let result = match request {
-            Some((header, client)) => {
-                let state = live.store.data_mut();
-                std::mem::swap(header, &mut state.request.header);
-                state.request.client = client;
+            Some((header, view)) => {
+                live.store.data_mut().request.swap(header, view);
                 let result = guarded(|| f(&live.bindings, &mut live.store));
-                std::mem::swap(header, &mut live.store.data_mut().request.header);
+                live.store.data_mut().request.swap(header, view);
                 result
             }
             None => guarded(|| f(&live.bindings, &mut live.store)),
@@ -504,10 +501,10 @@ impl PluginInstance<Balancer> {
     pub fn select(
         &self,
         header: &mut RequestHeader,
-        client: Option<SocketAddr>,
+        view: &mut RequestView,
         backends: &Vec<u32>,
     ) -> Result<Option<usize>, PluginError> {
-        let choice = self.with_instance("select", Some((header, client)), |b, store| {
+        let choice = self.with_instance("select", Some((header, view)), |b, store| {
             b.call_select(store, Resource::<RequestHandle>::new_borrow(0), backends)
         })?;
         let Some(index) = choice else { return Ok(None) };
@@ -584,10 +581,10 @@ impl PluginInstance<Router> {
     pub fn route(
         &self,
         header: &mut RequestHeader,
-        client: Option<SocketAddr>,
+        view: &mut RequestView,
     ) -> Result<RouteDecision, PluginError> {
         use super::router_bindings::switchyard::plugin::routing::Decision;
-        let decision = self.with_instance("route", Some((header, client)), |r, store| {
+        let decision = self.with_instance("route", Some((header, view)), |r, store| {
             r.call_route(store, Resource::<RequestHandle>::new_borrow(0))
         })?;
         match decision {

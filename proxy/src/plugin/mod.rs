@@ -187,6 +187,7 @@ pub fn check_file(
     let settings = config.len();
     let limits = crate::config::PluginLimits::default();
     let mut header = request::placeholder_header();
+    let mut view = request::RequestView::placeholder();
     let started = std::time::Instant::now();
     let (exports, decision) = match world {
         WorldKind::Balancer => {
@@ -195,7 +196,7 @@ pub fn check_file(
             for _ in 0..4 {
                 table.extend_from_slice(&[1, crate::pool::FLAG_HEALTHY, 0, 0, 0]);
             }
-            let choice = balancer.select(&mut header, None, &table)?;
+            let choice = balancer.select(&mut header, &mut view, &table)?;
             let choice = choice.map_or("none (host fallback)".to_owned(), |i| {
                 format!("backend {i}")
             });
@@ -206,7 +207,7 @@ pub fn check_file(
         }
         WorldKind::Router => {
             let router = RouterInstance::new(std::sync::Arc::clone(&plugin), config, limits)?;
-            let decision = router.route(&mut header, None)?;
+            let decision = router.route(&mut header, &mut view)?;
             (
                 "init, route",
                 format!("route for GET / decided {decision:?}"),

@@ -1,8 +1,10 @@
 //! The `request` resource: the plugin reads the request being balanced through it.
 //!
 //! The host does not copy the request into the plugin. For the length of a call the
-//! request's header is swapped into the instance's [`RequestSlot`] (a move, no
-//! allocation) and swapped back after; the getters copy out only what is asked for.
+//! request's header and canonical view are swapped into the instance's [`RequestSlot`]
+//! (moves, no allocation) and swapped back after; the getters copy out only what is
+//! asked for. `host` and `path` are the canonical values routes matched, so a plugin
+//! cannot be walked around by another spelling of the same path.
 
 use pingora::http::RequestHeader;
 use std::net::SocketAddr;
@@ -12,21 +14,53 @@ use wasmtime::component::Resource;
 #[derive(Debug)]
 pub struct RequestHandle;
 
+/// What a plugin may read of a request besides its header fields: the canonical host
+/// and path routes matched (see `switchyard_parse::request`), and the client.
+#[derive(Debug, Default)]
+pub struct RequestView {
+    /// Lower case, without port or trailing dot.
+    pub host: String,
+    /// Percent-decoded, dot segments removed, slashes merged.
+    pub path: String,
+    /// Client address, if known.
+    pub client: Option<SocketAddr>,
+}
+
+impl RequestView {
+    /// The view of `GET /` from nowhere: what self-checks ask plugins about.
+    pub fn placeholder() -> Self {
+        RequestView {
+            host: String::new(),
+            path: "/".to_owned(),
+            client: None,
+        }
+    }
+}
+
 /// The request of the call in progress.
 #[derive(Debug)]
 pub struct RequestSlot {
     /// Header of the request; a placeholder between calls.
     pub header: RequestHeader,
-    /// Client address, if known.
-    pub client: Option<SocketAddr>,
+    /// Its canonical parts.
+    pub view: RequestView,
 }
 
 impl Default for RequestSlot {
     fn default() -> Self {
         RequestSlot {
             header: placeholder_header(),
-            client: None,
+            view: RequestView::placeholder(),
         }
+    }
+}
+
+impl RequestSlot {
+    /// Moves `header` and `view` in for a call (nothing is copied); call again after
+    /// the call to move them back.
+    pub fn swap(&mut self, header: &mut RequestHeader, view: &mut RequestView) {
+        std::mem::swap(header, &mut self.header);
+        std::mem::swap(view, &mut self.view);
     }
 }
 
@@ -39,35 +73,6 @@ pub fn placeholder_header() -> RequestHeader {
     RequestHeader::build("GET", b"/", Some(0)).expect("`GET /` is a valid request line")
 }
 
-impl RequestSlot {
-    /// Host the client asked for, lower case, without the port.
-    pub fn host(&self) -> String {
-        request_host(&self.header)
-    }
-}
-
-/// Host of `header`: the `Host` header, else the URI authority; lower case, no port.
-pub fn request_host(header: &RequestHeader) -> String {
-    let raw = header
-        .headers
-        .get(http::header::HOST)
-        .and_then(|v| v.to_str().ok())
-        .or_else(|| header.uri.host())
-        .unwrap_or("");
-    strip_port(raw).to_ascii_lowercase()
-}
-
-fn strip_port(host: &str) -> &str {
-    if let Some(rest) = host.strip_prefix('[') {
-        // [v6]:port
-        return rest.split(']').next().unwrap_or(rest);
-    }
-    match host.rsplit_once(':') {
-        Some((h, port)) if port.chars().all(|c| c.is_ascii_digit()) => h,
-        _ => host,
-    }
-}
-
 impl super::host_bindings::switchyard::plugin::types::Host for super::sandbox::PluginState {}
 
 impl super::host_bindings::switchyard::plugin::types::HostRequest for super::sandbox::PluginState {
@@ -76,15 +81,16 @@ impl super::host_bindings::switchyard::plugin::types::HostRequest for super::san
     }
 
     fn host(&mut self, _: Resource<RequestHandle>) -> String {
-        self.request.host()
+        self.request.view.host.clone()
     }
 
     fn path(&mut self, _: Resource<RequestHandle>) -> String {
-        self.request.header.uri.path().to_owned()
+        self.request.view.path.clone()
     }
 
     fn client_addr(&mut self, _: Resource<RequestHandle>) -> String {
         self.request
+            .view
             .client
             .map(|a| a.to_string())
             .unwrap_or_default()
@@ -102,19 +108,5 @@ impl super::host_bindings::switchyard::plugin::types::HostRequest for super::san
     fn drop(&mut self, _: Resource<RequestHandle>) -> wasmtime::Result<()> {
         // The handle owns nothing: the slot is reused for the next call.
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn host_comes_without_port_and_in_lower_case() {
-        let mut h = RequestHeader::build("GET", b"/x", None).unwrap();
-        h.insert_header("Host", "Blog.Example.com:8080").unwrap();
-        assert_eq!(request_host(&h), "blog.example.com");
-        h.insert_header("Host", "[::1]:80").unwrap();
-        assert_eq!(request_host(&h), "::1");
     }
 }

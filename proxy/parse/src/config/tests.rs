@@ -5,7 +5,7 @@
 use super::*;
 
 fn outcome(file: &Path, text: &str) -> String {
-    match parse(text, file, &BUNDLED_NAMES) {
+    match parse(text, file, &BUNDLED_NAMES, &NoResolver) {
         Ok(c) => {
             let mut out = format!(
                 "ok: listen {:?}, threads {}\n",
@@ -18,8 +18,16 @@ fn outcome(file: &Path, text: &str) -> String {
             let p = &c.proxy;
             out.push_str(&format!(
                 "edge: tls {:?}, redirect {}, grace {:?}, limits {:?}, trusted {:?}, access_log {:?}\n",
-                p.tls, p.redirect_to_https, p.grace_period, p.limits, p.trusted_proxies, p.access_log
+                p.tls.iter().map(|t| (t.listen, t.certificates.len(), t.http2)).collect::<Vec<_>>(),
+                p.redirect_to_https, p.grace_period, p.limits, p.trusted_proxies, p.access_log
             ));
+            out.push_str(&format!(
+                "connections {:?}, paths {:?}, metrics {:?}\n",
+                p.connections, p.paths, c.metrics
+            ));
+            for w in &c.warnings {
+                out.push_str(&format!("{w}\n"));
+            }
             for p in &c.pools {
                 out.push_str(&format!(
                     "pool {}: balancer {} at {}, config {:?}, connect_timeout {:?}, retries {}, on_plugin_failure {:?}\n  limits {:?}\n  health_check {:?}\n",
@@ -101,6 +109,7 @@ fn config_snapshots() {
 
 #[test]
 fn sizes_parse_with_binary_units() {
+    use super::validate::parse_bytes;
     assert_eq!(parse_bytes("16MiB"), Some(16 << 20));
     assert_eq!(parse_bytes("512 KiB"), Some(512 << 10));
     assert_eq!(parse_bytes("4096"), Some(4096));

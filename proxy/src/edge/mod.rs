@@ -1,15 +1,61 @@
-//! Native checks at the edge, before any plugin runs: who the client is (behind trusted
-//! proxies), per-route allow/deny lists and rate limits, and the size of what a client
-//! sends.
+//! Native checks at the edge, before any plugin runs: the canonical request target,
+//! who the client is (behind trusted proxies), per-route allow/deny lists and rate
+//! limits, and the size of what a client sends.
+
+mod rate_limit;
 
 use ipnet::IpNet;
-use parking_lot::Mutex;
 use pingora::http::RequestHeader;
-use std::collections::HashMap;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use crate::config::{RateLimit, RequestLimits, RouteConfig};
+pub use rate_limit::RateLimiter;
+pub use switchyard_parse::request::{EncodedSlash, TargetError};
+
+use crate::config::{RequestLimits, RouteConfig};
+use crate::plugin::request::RequestView;
+use switchyard_parse::request::{normalize_path, request_host};
+
+/// The canonical host and path of a request (what routes, access rules and router
+/// plugins judge), and the normalised target (path and query) a backend may be sent
+/// instead of the one received. `Err` is a request to refuse with 400.
+pub fn canonical_view(
+    header: &RequestHeader,
+    encoded_slash: EncodedSlash,
+) -> Result<(RequestView, String), TargetError> {
+    let mut hosts = Vec::new();
+    for value in header.headers.get_all(http::header::HOST) {
+        let text = value.to_str().map_err(|_| {
+            TargetError::BadHost(String::from_utf8_lossy(value.as_bytes()).into_owned())
+        })?;
+        hosts.push(text);
+    }
+    // An absolute-form target (`GET http://host/x`) keeps its authority in the raw
+    // target, not in `uri`; HTTP/2's `:authority` is in `uri`. Pingora's classifier is
+    // the one its own Host check used, so the two cannot disagree.
+    let raw_target = header.raw_path();
+    let absolute = pingora::http::authority::raw_target_authority(raw_target)
+        .authority()
+        .map(|a| {
+            std::str::from_utf8(a)
+                .map_err(|_| TargetError::BadHost(String::from_utf8_lossy(a).into_owned()))
+        })
+        .transpose()?;
+    let authority = absolute.or_else(|| header.uri.authority().map(|a| a.as_str()));
+    let http11 = header.version >= http::Version::HTTP_11;
+    let host = request_host(&hosts, authority, http11)?;
+    let path = normalize_path(header.uri.path(), encoded_slash)?;
+    let forward = match header.uri.query() {
+        Some(query) => format!("{}?{query}", path.forward),
+        None => path.forward,
+    };
+    let view = RequestView {
+        host,
+        path: path.matching,
+        client: None,
+    };
+    Ok((view, forward))
+}
 
 /// The client's address: the peer, or — when the peer is a trusted proxy — the
 /// right-most address in `X-Forwarded-For` that is not itself trusted (nginx's
@@ -47,7 +93,7 @@ pub fn is_in(ip: IpAddr, networks: &[IpNet]) -> bool {
 
 /// An IPv4-mapped IPv6 address (`::ffff:192.0.2.1`, what a dual-stack listener
 /// reports) as the IPv4 address it is, so IPv4 rules apply to it.
-fn canonical(ip: IpAddr) -> IpAddr {
+pub(crate) fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
         v4 => v4,
@@ -99,67 +145,8 @@ impl RoutePolicy {
             return Err(Refusal::Forbidden);
         }
         match (&self.limiter, client) {
-            (Some(limiter), Some(ip)) => limiter.take(canonical(ip), Instant::now()),
+            (Some(limiter), Some(ip)) => limiter.take(ip, Instant::now()),
             _ => Ok(()),
-        }
-    }
-}
-
-/// Token buckets by client address.
-///
-/// Each client's bucket holds up to `burst` tokens and gains `per_second` tokens a
-/// second; a request takes one, and with none left is refused for the time until
-/// the next token: `wait = (1 − tokens) / per_second`.
-#[derive(Debug)]
-pub struct RateLimiter {
-    rate: RateLimit,
-    buckets: Mutex<HashMap<IpAddr, Bucket>>,
-}
-
-#[derive(Clone, Copy, Debug)]
-struct Bucket {
-    tokens: f64,
-    at: Instant,
-}
-
-/// Clients remembered before idle (full) buckets are forgotten.
-const BUCKETS_BEFORE_SWEEP: usize = 65_536;
-
-impl RateLimiter {
-    /// An empty limiter.
-    pub fn new(rate: RateLimit) -> Self {
-        RateLimiter {
-            rate,
-            buckets: Mutex::new(HashMap::new()),
-        }
-    }
-
-    /// Takes a token for `client` at `now`, or says how long until one is there.
-    pub fn take(&self, client: IpAddr, now: Instant) -> Result<(), Refusal> {
-        let per_second = f64::from(self.rate.per_second);
-        let burst = f64::from(self.rate.burst);
-        let refill = |b: &Bucket| {
-            (b.tokens + now.saturating_duration_since(b.at).as_secs_f64() * per_second).min(burst)
-        };
-        let mut buckets = self.buckets.lock();
-        if buckets.len() >= BUCKETS_BEFORE_SWEEP {
-            // A full bucket is the same as no bucket: forget those clients.
-            buckets.retain(|_, b| refill(b) < burst);
-        }
-        let bucket = buckets.entry(client).or_insert(Bucket {
-            tokens: burst,
-            at: now,
-        });
-        let tokens = refill(bucket);
-        bucket.at = now;
-        if tokens >= 1.0 {
-            bucket.tokens = tokens - 1.0;
-            Ok(())
-        } else {
-            bucket.tokens = tokens;
-            Err(Refusal::RateLimited(Duration::from_secs_f64(
-                (1.0 - tokens) / per_second,
-            )))
         }
     }
 }
@@ -276,26 +263,5 @@ mod tests {
         assert_eq!(policy.check(ip("2001:db8::1")), Ok(()));
         assert_eq!(policy.check(ip("192.0.2.66")), Err(Refusal::Forbidden));
         assert_eq!(policy.check(ip("198.51.100.1")), Err(Refusal::Forbidden));
-    }
-
-    #[test]
-    fn token_bucket_allows_burst_then_rate() {
-        let limiter = RateLimiter::new(RateLimit {
-            per_second: 10,
-            burst: 3,
-        });
-        let ip: IpAddr = "192.0.2.1".parse().unwrap();
-        let t0 = Instant::now();
-        for _ in 0..3 {
-            assert_eq!(limiter.take(ip, t0), Ok(()));
-        }
-        let Err(Refusal::RateLimited(wait)) = limiter.take(ip, t0) else {
-            panic!("the fourth request at once must be refused");
-        };
-        assert!(wait <= Duration::from_millis(100), "{wait:?}");
-        // Another client has its own bucket.
-        assert_eq!(limiter.take("192.0.2.2".parse().unwrap(), t0), Ok(()));
-        // A token comes back after 1/10 s.
-        assert_eq!(limiter.take(ip, t0 + Duration::from_millis(101)), Ok(()));
     }
 }

@@ -1,0 +1,501 @@
+//! The canonical view of a request target that routing and access rules judge.
+//!
+//! A client can spell one resource many ways: `//secure`, `/%73ecure`, `/./secure`,
+//! `/x/../secure`, `Admin.Example.com.`. If routes matched the spelling, an allow-listed
+//! `/secure` route could be walked around through a catch-all route to the same pool.
+//! So routes, access lists and router plugins see one canonical form:
+//!
+//! - **host**: from the `Host` field or the absolute URI (both present and different:
+//!   refused), lower case, without the port and a trailing dot;
+//! - **path** (RFC 3986 §6.2.2): percent-decoded, dot segments removed (§5.2.4), runs of
+//!   `/` merged, as nginx matches `location`s. An encoded `/` (`%2F`) is never decoded
+//!   into a separator: it is refused, or with [`EncodedSlash::Keep`] kept as the text
+//!   `%2F`, which no route prefix written with `/` can match.
+//!
+//! What the backend receives stays byte-exact unless the operator asks for the
+//! normalised form ([`NormalPath::forward`]): every decoding of the path that a backend
+//! can make is at most as permissive as the one the routes were matched on.
+
+use std::fmt;
+
+/// What an encoded slash (`%2F`) in a path does.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum EncodedSlash {
+    /// Refuse the request (400): a backend that decoded it would see another path
+    /// than the one the routes matched.
+    #[default]
+    Reject,
+    /// Keep it as the text `%2F` for matching: for APIs whose identifiers contain `/`.
+    Keep,
+}
+
+/// Why a request target has no canonical form (the request gets 400).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum TargetError {
+    /// An HTTP/1.1 request without `Host` and without an absolute URI.
+    #[error("the request has no Host header; HTTP/1.1 requires one")]
+    MissingHost,
+    /// More than one `Host` field.
+    #[error("the request has more than one Host header")]
+    DuplicateHost,
+    /// The `Host` field and the absolute URI name different hosts.
+    #[error("the Host header names {host:?} but the request target names {authority:?}")]
+    HostMismatch {
+        /// Host from the header, canonical.
+        host: String,
+        /// Host from the request target, canonical.
+        authority: String,
+    },
+    /// A host that is not a name, an IPv4 address or a bracketed IPv6 address.
+    #[error("{0:?} is not a valid host")]
+    BadHost(String),
+    /// `%` not followed by two hex digits.
+    #[error("the path has a malformed percent escape")]
+    BadEscape,
+    /// `%2F` with [`EncodedSlash::Reject`].
+    #[error("the path contains an encoded slash (%2F), which this proxy refuses")]
+    EncodedSlash,
+    /// `%00`.
+    #[error("the path contains an encoded NUL (%00)")]
+    EncodedNul,
+    /// Not origin-form (`/…`) or `*`.
+    #[error("the request target does not start with \"/\"")]
+    NotAbsolutePath,
+}
+
+/// A host as routes see it: lower case, no port, no trailing dot.
+///
+/// Accepts a registered name (letters, digits, `-`, `.`, `_`, `~`, and the sub-delims of
+/// RFC 3986 that real names never use are refused), an IPv4 address, or an IPv6 address
+/// in brackets; an optional `:port` of digits.
+pub fn canonical_host(raw: &str) -> Result<String, TargetError> {
+    let bad = || TargetError::BadHost(raw.to_owned());
+    let trimmed = raw.trim();
+    let (host, port) = if let Some(rest) = trimmed.strip_prefix('[') {
+        let (inside, after) = rest.split_once(']').ok_or_else(bad)?;
+        let ipv6 = |b: u8| b.is_ascii_hexdigit() || b":.".contains(&b);
+        if inside.is_empty() || !inside.bytes().all(ipv6) {
+            return Err(bad());
+        }
+        let port = match after {
+            "" => None,
+            _ => Some(after.strip_prefix(':').ok_or_else(bad)?),
+        };
+        (inside, port)
+    } else {
+        match trimmed.split_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (trimmed, None),
+        }
+    };
+    // RFC 3986: port = *DIGIT (an empty port is allowed)
+    if port.is_some_and(|p| !p.bytes().all(|b| b.is_ascii_digit())) {
+        return Err(bad());
+    }
+    if trimmed.starts_with('[') {
+        return Ok(host.to_ascii_lowercase());
+    }
+    let host = host.strip_suffix('.').unwrap_or(host);
+    let valid = host
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b));
+    if !valid || host.starts_with('.') || host.contains("..") {
+        return Err(bad());
+    }
+    Ok(host.to_ascii_lowercase())
+}
+
+/// The host a request is for: `host_fields` are the values of its `Host` fields,
+/// `authority` the host of an absolute-form target (or HTTP/2's `:authority`),
+/// `http11` whether it is HTTP/1.1 or later (which must name a host).
+pub fn request_host(
+    host_fields: &[&str],
+    authority: Option<&str>,
+    http11: bool,
+) -> Result<String, TargetError> {
+    if host_fields.len() > 1 {
+        return Err(TargetError::DuplicateHost);
+    }
+    let from_header = host_fields.first().map(|h| canonical_host(h)).transpose()?;
+    let from_target = authority.map(canonical_host).transpose()?;
+    match (from_header, from_target) {
+        (Some(host), Some(authority)) if host != authority => {
+            Err(TargetError::HostMismatch { host, authority })
+        }
+        (_, Some(authority)) => Ok(authority),
+        (Some(host), None) => Ok(host),
+        (None, None) if http11 => Err(TargetError::MissingHost),
+        (None, None) => Ok(String::new()),
+    }
+}
+
+/// A path in its two canonical forms.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NormalPath {
+    /// What routes match: fully percent-decoded (bytes that are not UTF-8 stay
+    /// escaped), dot segments removed, slashes merged.
+    pub matching: String,
+    /// What a backend may be sent instead of the raw path (`normalize_path =
+    /// "forward"`): the same segments, with only unreserved characters decoded, as
+    /// RFC 3986 §6.2.2 allows, so it names the same resource.
+    pub forward: String,
+}
+
+/// One byte of a segment and whether the client had escaped it.
+#[derive(Clone, Copy)]
+struct PathByte {
+    byte: u8,
+    escaped: bool,
+}
+
+fn hex(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+fn is_unreserved(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"-._~".contains(&b)
+}
+
+/// Characters a path segment may carry unescaped (RFC 3986 `pchar` less `%`).
+fn is_pchar(b: u8) -> bool {
+    is_unreserved(b) || b"!$&'()*+,;=:@".contains(&b)
+}
+
+/// Splits `raw` (the path of a request target, without the query) into decoded
+/// segments, rejecting what cannot be canonical.
+fn segments(raw: &str, slash: EncodedSlash) -> Result<Vec<Vec<PathByte>>, TargetError> {
+    let bytes = raw.as_bytes();
+    let mut out: Vec<Vec<PathByte>> = Vec::new();
+    let mut current: Vec<PathByte> = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if b == b'/' {
+            out.push(std::mem::take(&mut current));
+            i += 1;
+            continue;
+        }
+        if b == b'%' {
+            let (Some(h), Some(l)) = (
+                bytes.get(i + 1).copied().and_then(hex),
+                bytes.get(i + 2).copied().and_then(hex),
+            ) else {
+                return Err(TargetError::BadEscape);
+            };
+            let decoded = h << 4 | l;
+            match decoded {
+                0 => return Err(TargetError::EncodedNul),
+                b'/' if slash == EncodedSlash::Reject => return Err(TargetError::EncodedSlash),
+                _ => {}
+            }
+            current.push(PathByte {
+                byte: decoded,
+                escaped: true,
+            });
+            i += 3;
+            continue;
+        }
+        current.push(PathByte {
+            byte: b,
+            escaped: false,
+        });
+        i += 1;
+    }
+    out.push(current);
+    // The part before the first `/` is empty for an absolute path.
+    if !out.first().is_some_and(Vec::is_empty) {
+        return Err(TargetError::NotAbsolutePath);
+    }
+    out.remove(0);
+    Ok(out)
+}
+
+/// Removes `.` and `..` segments and empty ones (merged slashes), keeping a trailing
+/// slash (`/a/`, `/a/.` and `/a/b/..` all end in `/`).
+fn remove_dots(segments: Vec<Vec<PathByte>>) -> (Vec<Vec<PathByte>>, bool) {
+    let n = segments.len();
+    let mut kept: Vec<Vec<PathByte>> = Vec::with_capacity(n);
+    let mut trailing_slash = false;
+    for (i, segment) in segments.into_iter().enumerate() {
+        let last = i + 1 == n;
+        let is = |text: &[u8]| {
+            segment.len() == text.len() && segment.iter().zip(text).all(|(p, t)| p.byte == *t)
+        };
+        if segment.is_empty() || is(b".") {
+            trailing_slash |= last;
+        } else if is(b"..") {
+            kept.pop();
+            trailing_slash |= last;
+        } else {
+            kept.push(segment);
+            trailing_slash = false;
+        }
+    }
+    (kept, trailing_slash)
+}
+
+/// The canonical forms of `raw`, the path of a request target (no query string).
+/// `*` (an `OPTIONS *` request) is its own canonical form.
+pub fn normalize_path(raw: &str, slash: EncodedSlash) -> Result<NormalPath, TargetError> {
+    if raw == "*" {
+        return Ok(NormalPath {
+            matching: raw.to_owned(),
+            forward: raw.to_owned(),
+        });
+    }
+    let (segments, trailing_slash) = remove_dots(segments(raw, slash)?);
+    let mut matching: Vec<u8> = Vec::with_capacity(raw.len());
+    let mut forward = String::with_capacity(raw.len());
+    for segment in &segments {
+        matching.push(b'/');
+        forward.push('/');
+        for p in segment {
+            // An encoded slash stays text in both forms, never a separator.
+            if p.byte == b'/' {
+                matching.extend_from_slice(b"%2F");
+                forward.push_str("%2F");
+                continue;
+            }
+            matching.push(p.byte);
+            let raw_ok = if p.escaped {
+                is_unreserved(p.byte)
+            } else {
+                is_pchar(p.byte)
+            };
+            if raw_ok {
+                forward.push(char::from(p.byte));
+            } else {
+                forward.push_str(&format!("%{:02X}", p.byte));
+            }
+        }
+    }
+    if segments.is_empty() || trailing_slash {
+        matching.push(b'/');
+        forward.push('/');
+    }
+    Ok(NormalPath {
+        matching: utf8_or_escaped(&matching),
+        forward,
+    })
+}
+
+/// `bytes` as text: valid UTF-8 runs as they are, other bytes as `%XX`.
+fn utf8_or_escaped(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len());
+    for chunk in bytes.utf8_chunks() {
+        out.push_str(chunk.valid());
+        for b in chunk.invalid() {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// True when `path` (a canonical matching path) falls under `prefix` (a canonical
+/// route prefix). A prefix matches on any byte boundary, as nginx's `location /api`
+/// matches `/apis`.
+pub fn under_prefix(path: &str, prefix: &str) -> bool {
+    path.starts_with(prefix)
+}
+
+/// The properties the canonical forms must have, for the fuzz target
+/// (`fuzz/fuzz_targets/request_target.rs`) and the tests: `Err` says which one broke.
+///
+/// 1. The forward form is canonical already: normalising it gives the same two forms,
+///    so whatever prefix the routes matched is matched by what the backend receives.
+/// 2. No separator is ever decoded: the matching form has at most as many `/` as the
+///    raw path.
+/// 3. The matching form has no empty, `.` or `..` segment left.
+pub fn check_properties(raw: &str, slash: EncodedSlash) -> Result<(), String> {
+    let Ok(p) = normalize_path(raw, slash) else {
+        return Ok(());
+    };
+    if p.matching == "*" {
+        return Ok(());
+    }
+    match normalize_path(&p.forward, slash) {
+        Ok(again) if again == p => {}
+        other => {
+            return Err(format!(
+                "{raw:?} → {p:?}, whose forward form gives {other:?}"
+            ));
+        }
+    }
+    let slashes = |t: &str| t.bytes().filter(|b| *b == b'/').count();
+    if slashes(&p.matching) > slashes(raw).max(1) {
+        return Err(format!("{raw:?} → {:?} gained a separator", p.matching));
+    }
+    let inner = p.matching.strip_suffix('/').unwrap_or(&p.matching);
+    if inner
+        .split('/')
+        .skip(1)
+        .any(|s| s.is_empty() || s == "." || s == "..")
+    {
+        return Err(format!(
+            "{raw:?} → {:?} kept a dot or empty segment",
+            p.matching
+        ));
+    }
+    Ok(())
+}
+
+impl fmt::Display for NormalPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.matching)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn matching(raw: &str) -> String {
+        normalize_path(raw, EncodedSlash::Reject).unwrap().matching
+    }
+
+    #[test]
+    fn every_spelling_of_a_path_matches_as_one() {
+        for spelling in [
+            "/secure",
+            "//secure",
+            "/%73ecure",
+            "/%73%65cure",
+            "/./secure",
+            "/x/../secure",
+            "/x/%2e%2e/secure",
+            "/../secure",
+            "///./x/y/../../secure",
+        ] {
+            assert_eq!(matching(spelling), "/secure", "{spelling}");
+        }
+        assert_eq!(matching("/secure/"), "/secure/");
+        assert_eq!(matching("/secure/."), "/secure/");
+        assert_eq!(matching("/a/b/.."), "/a/");
+        assert_eq!(matching("/"), "/");
+        assert_eq!(matching("/.."), "/");
+        assert_eq!(matching("/a%20b"), "/a b");
+    }
+
+    #[test]
+    fn an_encoded_slash_never_becomes_a_separator() {
+        assert_eq!(
+            normalize_path("/%2fsecure", EncodedSlash::Reject),
+            Err(TargetError::EncodedSlash)
+        );
+        let kept = normalize_path("/%2fsecure/..%2F..", EncodedSlash::Keep).unwrap();
+        assert_eq!(kept.matching, "/%2Fsecure/..%2F..");
+        assert!(!under_prefix(&kept.matching, "/secure"));
+    }
+
+    #[test]
+    fn the_forward_form_decodes_only_unreserved_characters() {
+        let p =
+            normalize_path("/a/%7euser/%3A%3a:x/./b c/%e2%82%ac", EncodedSlash::Reject).unwrap();
+        assert_eq!(p.forward, "/a/~user/%3A%3A:x/b%20c/%E2%82%AC");
+        assert_eq!(p.matching, "/a/~user/:::x/b c/€");
+        // The forward form is its own canonical form.
+        assert_eq!(normalize_path(&p.forward, EncodedSlash::Reject).unwrap(), p);
+    }
+
+    #[test]
+    fn malformed_paths_are_refused() {
+        for (raw, e) in [
+            ("/a%2", TargetError::BadEscape),
+            ("/a%zz", TargetError::BadEscape),
+            ("/a%00", TargetError::EncodedNul),
+            ("a/b", TargetError::NotAbsolutePath),
+        ] {
+            assert_eq!(normalize_path(raw, EncodedSlash::Keep), Err(e), "{raw}");
+        }
+        assert_eq!(matching("/%ff%fe"), "/%FF%FE");
+    }
+
+    #[test]
+    fn random_paths_keep_the_canonical_properties() {
+        // The fuzz target's properties over paths built from the pieces that matter
+        // (a small xorshift, so the run is the same every time).
+        const PIECES: [&str; 16] = [
+            "/",
+            "//",
+            ".",
+            "..",
+            "%2e",
+            "%2E%2e",
+            "%2f",
+            "%2F",
+            "%25",
+            "%73",
+            "a",
+            "%",
+            "%zz",
+            "%e2%82%ac",
+            "%ff",
+            "~",
+        ];
+        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+        for _ in 0..20_000 {
+            let mut raw = String::from("/");
+            for _ in 0..(state % 9) {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                raw.push_str(PIECES[(state % PIECES.len() as u64) as usize]);
+            }
+            state = state.wrapping_add(1);
+            for slash in [EncodedSlash::Reject, EncodedSlash::Keep] {
+                if let Err(e) = check_properties(&raw, slash) {
+                    panic!("{e}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn hosts_lose_case_port_and_trailing_dot() {
+        assert_eq!(
+            canonical_host("Admin.Example.com.").unwrap(),
+            "admin.example.com"
+        );
+        assert_eq!(
+            canonical_host("admin.example.com:8080").unwrap(),
+            "admin.example.com"
+        );
+        assert_eq!(canonical_host("[::1]:80").unwrap(), "::1");
+        assert_eq!(canonical_host("10.0.0.1").unwrap(), "10.0.0.1");
+        assert_eq!(canonical_host("").unwrap(), "");
+        for bad in ["a b", "a/b", "a..b", ".a", "a:x", "[zz]", "a@b"] {
+            assert!(canonical_host(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_host_comes_from_the_target_or_the_header_and_they_must_agree() {
+        assert_eq!(
+            request_host(&[], Some("Admin.example.com"), true).unwrap(),
+            "admin.example.com"
+        );
+        assert_eq!(
+            request_host(&["a.example"], None, true).unwrap(),
+            "a.example"
+        );
+        assert_eq!(
+            request_host(&["a.example:80"], Some("a.example"), true).unwrap(),
+            "a.example"
+        );
+        assert!(matches!(
+            request_host(&["a.example"], Some("admin.example"), true),
+            Err(TargetError::HostMismatch { .. })
+        ));
+        assert_eq!(request_host(&[], None, true), Err(TargetError::MissingHost));
+        assert_eq!(request_host(&[], None, false).unwrap(), "");
+        assert_eq!(
+            request_host(&["a", "b"], None, true),
+            Err(TargetError::DuplicateHost)
+        );
+    }
+}
