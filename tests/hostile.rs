@@ -247,6 +247,22 @@ async fn idle_and_slowloris_floods_are_shed_within_the_header_timeout() {
         (idle.0, slow.0),
         "every flood connection was closed"
     );
+    // The memory comes back: jemalloc's background thread purges freed pages after
+    // their decay time (10 s) even though the workers sit idle.
+    let back = Instant::now();
+    while proxy.rss_kib() > base + 40 * 1024 && back.elapsed() < Duration::from_secs(30) {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    println!(
+        "RSS {} MiB {:?} after the flood ended",
+        proxy.rss_kib() / 1024,
+        back.elapsed()
+    );
+    assert!(
+        proxy.rss_kib() <= base + 40 * 1024,
+        "RSS stayed at {} MiB",
+        proxy.rss_kib() / 1024
+    );
     let (code, status, _) = proxy.ctl(&["status"]);
     assert_eq!(code, 0);
     assert!(status.contains("refused at the cap"), "{status}");
