@@ -19,6 +19,8 @@ const PACKAGES: &[&str] = &[
     "misbehave",
     "socket-plugin",
     "unknown-import",
+    "v0-1-round-robin",
+    "id-hash",
 ];
 
 fn main() {

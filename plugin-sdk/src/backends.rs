@@ -1,17 +1,7 @@
-//! Typed view of the flat backend table the host passes to `select`.
+//! Typed view of the backend table the host passes to `select` (layout: [`crate::abi`]).
 
 use crate::Rng;
-
-/// Number of `u32` values per backend in the table (see `wit/plugin.wit`).
-pub const BACKEND_STRIDE: usize = 5;
-/// Bit of the flags field set when the backend may be chosen for this request.
-pub const FLAG_HEALTHY: u32 = 1;
-
-const WEIGHT: usize = 0;
-const FLAGS: usize = 1;
-const IN_FLIGHT: usize = 2;
-const LATENCY_US: usize = 3;
-const RECENT_FAILURES: usize = 4;
+use crate::abi::Row;
 
 /// One backend's numbers for this call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -28,51 +18,90 @@ pub struct Backend {
     pub latency_us: u32,
     /// Failures in a row (connect errors, 5xx); reset by a success.
     pub recent_failures: u32,
+    /// Stable identity: a hash of the backend's address, the same in every proxy
+    /// process and across reloads and reorderings ([`crate::abi::backend_id`]). Key a
+    /// hash ring or any per-backend state on it, not on `index`.
+    pub id: u64,
+}
+
+impl Backend {
+    fn from_row(index: usize, row: Row) -> Self {
+        Backend {
+            index,
+            weight: row.weight.max(1),
+            healthy: row.healthy,
+            in_flight: row.in_flight,
+            latency_us: row.latency_us,
+            recent_failures: row.recent_failures,
+            id: row.id,
+        }
+    }
+
+    /// The row this backend is written as.
+    pub fn row(&self) -> Row {
+        Row {
+            weight: self.weight,
+            healthy: self.healthy,
+            in_flight: self.in_flight,
+            latency_us: self.latency_us,
+            recent_failures: self.recent_failures,
+            id: self.id,
+        }
+    }
+
+    /// A healthy, idle backend of weight 1 at `index`, whose identity is its index.
+    pub fn idle(index: usize) -> Self {
+        Backend {
+            index,
+            weight: 1,
+            healthy: true,
+            in_flight: 0,
+            latency_us: 0,
+            recent_failures: 0,
+            id: index as u64,
+        }
+    }
 }
 
 /// The pool's backends, in configuration order.
 #[derive(Clone, Copy, Debug)]
 pub struct Backends<'a> {
-    raw: &'a [u32],
+    data: &'a [u32],
+    stride: usize,
 }
 
 impl<'a> Backends<'a> {
-    /// Wraps a raw table; a trailing partial record is ignored.
-    pub fn new(raw: &'a [u32]) -> Self {
-        let whole = raw.len() - raw.len() % BACKEND_STRIDE;
-        Backends { raw: &raw[..whole] }
+    /// A view of `data`, `stride` values per backend; a trailing partial row is ignored.
+    pub fn new(stride: usize, data: &'a [u32]) -> Self {
+        let whole = if stride == 0 {
+            0
+        } else {
+            data.len() - data.len() % stride
+        };
+        Backends {
+            data: &data[..whole],
+            stride: stride.max(1),
+        }
     }
 
     /// Number of backends in the pool.
     pub fn len(&self) -> usize {
-        self.raw.len() / BACKEND_STRIDE
+        self.data.len() / self.stride
     }
 
     /// True when the pool has no backends.
     pub fn is_empty(&self) -> bool {
-        self.raw.is_empty()
+        self.data.is_empty()
     }
 
     /// Backend `index`, if it exists.
     pub fn get(&self, index: usize) -> Option<Backend> {
-        let record = self
-            .raw
-            .get(index * BACKEND_STRIDE..(index + 1) * BACKEND_STRIDE)?;
-        Some(Backend {
-            index,
-            weight: record[WEIGHT].max(1),
-            healthy: record[FLAGS] & FLAG_HEALTHY != 0,
-            in_flight: record[IN_FLIGHT],
-            latency_us: record[LATENCY_US],
-            recent_failures: record[RECENT_FAILURES],
-        })
+        Row::read(self.data, self.stride, index).map(|row| Backend::from_row(index, row))
     }
 
     /// True when backend `index` exists and may be chosen.
     pub fn is_healthy(&self, index: usize) -> bool {
-        self.raw
-            .get(index * BACKEND_STRIDE + FLAGS)
-            .is_some_and(|flags| flags & FLAG_HEALTHY != 0)
+        self.get(index).is_some_and(|b| b.healthy)
     }
 
     /// All backends, in pool order.
@@ -87,7 +116,12 @@ impl<'a> Backends<'a> {
 
     /// Number of backends that may be chosen.
     pub fn healthy_count(&self) -> usize {
-        (0..self.len()).filter(|&i| self.is_healthy(i)).count()
+        self.healthy().count()
+    }
+
+    /// The backend whose identity is `id`, if it is in the pool.
+    pub fn by_id(&self, id: u64) -> Option<Backend> {
+        self.iter().find(|b| b.id == id)
     }
 }
 
@@ -118,46 +152,64 @@ impl Backends<'_> {
     }
 }
 
-/// Builds a raw table; for plugin unit tests that run on the host.
-pub fn table(backends: &[Backend]) -> Vec<u32> {
-    let mut raw = Vec::with_capacity(backends.len() * BACKEND_STRIDE);
-    for b in backends {
-        raw.extend_from_slice(&[
-            b.weight,
-            u32::from(b.healthy) * FLAG_HEALTHY,
-            b.in_flight,
-            b.latency_us,
-            b.recent_failures,
-        ]);
-    }
-    raw
+/// Smooth weighted round-robin (nginx's), over whatever candidates each pick offers:
+///
+/// ```text
+/// currentᵢ += wᵢ            for every candidate i
+/// chosen    = argmax currentᵢ (first on ties)
+/// current_chosen -= Σ wᵢ
+/// ```
+///
+/// Over any Σw picks from the same candidates each is chosen exactly wᵢ times, spread
+/// out: weights 5:1:1 give `a a b a c a a`, never five in a row.
+#[derive(Clone, Debug, Default)]
+pub struct SmoothWeighted {
+    current: Vec<i64>,
 }
 
-impl Backend {
-    /// A healthy, idle backend of weight 1 at `index`; for tests.
-    pub fn idle(index: usize) -> Self {
-        Backend {
-            index,
-            weight: 1,
-            healthy: true,
-            in_flight: 0,
-            latency_us: 0,
-            recent_failures: 0,
+impl SmoothWeighted {
+    /// One pick among `candidates`; `None` when there are none.
+    pub fn pick(&mut self, candidates: impl Iterator<Item = Backend>) -> Option<usize> {
+        let mut total = 0i64;
+        let mut chosen: Option<usize> = None;
+        for b in candidates {
+            if self.current.len() <= b.index {
+                self.current.resize(b.index + 1, 0);
+            }
+            let weight = i64::from(b.weight);
+            total += weight;
+            self.current[b.index] += weight;
+            if chosen.is_none_or(|c| self.current[b.index] > self.current[c]) {
+                chosen = Some(b.index);
+            }
         }
+        let chosen = chosen?;
+        self.current[chosen] -= total;
+        Some(chosen)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::abi::{FIELDS, FIELDS_V0_1};
+
+    fn table(backends: &[Backend], stride: usize) -> Vec<u32> {
+        let mut data = Vec::new();
+        for b in backends {
+            b.row().write(stride, &mut data);
+        }
+        data
+    }
 
     #[test]
-    fn round_trips_through_the_flat_layout() {
+    fn reads_any_stride_and_ignores_a_trailing_partial_row() {
         let input = [
             Backend {
                 weight: 3,
                 in_flight: 7,
                 latency_us: 1500,
+                id: 99,
                 ..Backend::idle(0)
             },
             Backend {
@@ -166,20 +218,25 @@ mod tests {
                 ..Backend::idle(1)
             },
         ];
-        let raw = table(&input);
-        assert_eq!(raw.len(), 2 * BACKEND_STRIDE);
-        let view = Backends::new(&raw);
-        assert_eq!(view.iter().collect::<Vec<_>>(), input);
-        assert_eq!(view.healthy_count(), 1);
-        assert!(view.is_healthy(0) && !view.is_healthy(1) && !view.is_healthy(2));
+        for stride in [FIELDS, FIELDS + 3] {
+            let raw = table(&input, stride);
+            let view = Backends::new(stride, &raw);
+            assert_eq!(view.iter().collect::<Vec<_>>(), input);
+            assert_eq!(view.healthy_count(), 1);
+            assert_eq!(view.by_id(99).map(|b| b.index), Some(0));
+        }
+        let mut raw = table(&input, FIELDS_V0_1);
+        raw.extend([1, 1]);
+        assert_eq!(Backends::new(FIELDS_V0_1, &raw).len(), 2);
+        assert_eq!(Backends::new(0, &raw).len(), 0);
     }
 
     #[test]
     fn two_healthy_draws_distinct_healthy_backends_only() {
         let mut all: Vec<Backend> = (0..4).map(Backend::idle).collect();
         all[1].healthy = false;
-        let raw = table(&all);
-        let view = Backends::new(&raw);
+        let raw = table(&all, FIELDS);
+        let view = Backends::new(FIELDS, &raw);
         let mut rng = Rng::with_seed(5);
         for _ in 0..200 {
             match view.two_healthy(&mut rng) {
@@ -189,19 +246,29 @@ mod tests {
         }
         all[2].healthy = false;
         all[3].healthy = false;
-        let raw = table(&all);
+        let raw = table(&all, FIELDS);
         assert_eq!(
-            Backends::new(&raw).two_healthy(&mut rng),
+            Backends::new(FIELDS, &raw).two_healthy(&mut rng),
             Candidates::One(all[0])
         );
-        all[0].healthy = false;
-        let raw = table(&all);
-        assert_eq!(Backends::new(&raw).two_healthy(&mut rng), Candidates::None);
     }
 
     #[test]
-    fn ignores_a_trailing_partial_record() {
-        let raw = [1, 1, 0, 0, 0, 9, 9];
-        assert_eq!(Backends::new(&raw).len(), 1);
+    fn smooth_weighted_interleaves_like_nginx() {
+        let weights = [5, 1, 1];
+        let all: Vec<Backend> = weights
+            .iter()
+            .enumerate()
+            .map(|(i, &weight)| Backend {
+                weight,
+                ..Backend::idle(i)
+            })
+            .collect();
+        let mut wrr = SmoothWeighted::default();
+        let picks: String = (0..14)
+            .map(|_| char::from(b'a' + wrr.pick(all.iter().copied()).unwrap_or(0) as u8))
+            .collect();
+        assert_eq!(picks, "aabacaaaabacaa");
+        assert_eq!(wrr.pick(std::iter::empty()), None);
     }
 }

@@ -43,6 +43,17 @@
 //! `target/wasm32-wasip2/release/<name>.wasm` into the proxy's plugins directory and name
 //! the file's stem as a pool's `balancer`.
 //!
+//! Unit-test it natively with the `testing` feature ([`testing`]): build a request and a
+//! backend table and call `select` yourself.
+//!
+//! ## Interface version
+//!
+//! This SDK builds plugins against `switchyard:plugin@0.2.0` (its WIT ships in this
+//! crate's `wit/` directory). The host also loads plugins built against 0.1.0 with the
+//! earlier SDK. What 0.2.0 adds: a stable identity per backend ([`Backend::id`]), the
+//! query string ([`Request::query`]), and a backend table that says its own row size,
+//! so later versions can add fields without breaking this plugin.
+//!
 //! ## Rules the host enforces
 //! - A plugin sees no files, sockets or environment: only clocks and random numbers.
 //! - A panic or trap fails only the call: the host serves that request with its own
@@ -52,22 +63,150 @@
 
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod abi;
 mod backends;
-mod config;
 mod rng;
 
-pub use backends::{BACKEND_STRIDE, Backend, Backends, Candidates, FLAG_HEALTHY, table};
-pub use config::Config;
+pub use backends::{Backend, Backends, Candidates, SmoothWeighted};
 pub use rng::Rng;
 
-/// Generated bindings of `wit/plugin.wit`. Not part of the SDK's stable surface: use the
+#[cfg(feature = "guest")]
+mod config;
+#[cfg(feature = "guest")]
+pub use config::Config;
+#[cfg(feature = "testing")]
+pub mod testing;
+#[cfg(feature = "guest")]
+pub use guest::*;
+
+/// Everything a plugin is written with: the traits, the request, the export macros.
+#[cfg(feature = "guest")]
+mod guest {
+    use super::bindings::switchyard::plugin::types::Request as RawRequest;
+
+    /// Where a request's answers come from.
+    enum Source<'a> {
+        Host(&'a RawRequest),
+        #[cfg(feature = "testing")]
+        Test(&'a crate::testing::TestRequest),
+    }
+
+    /// The request being balanced. Each getter asks the host, so only what you read is
+    /// copied.
+    pub struct Request<'a> {
+        source: Source<'a>,
+    }
+
+    impl std::fmt::Debug for Request<'_> {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("Request").finish_non_exhaustive()
+        }
+    }
+
+    impl<'a> Request<'a> {
+        pub(crate) fn from_host(raw: &'a RawRequest) -> Self {
+            Request {
+                source: Source::Host(raw),
+            }
+        }
+
+        #[cfg(feature = "testing")]
+        pub(crate) fn from_test(test: &'a crate::testing::TestRequest) -> Self {
+            Request {
+                source: Source::Test(test),
+            }
+        }
+
+        /// Method in upper case, e.g. `"GET"`.
+        pub fn method(&self) -> String {
+            match &self.source {
+                Source::Host(raw) => raw.method(),
+                #[cfg(feature = "testing")]
+                Source::Test(t) => t.method.clone(),
+            }
+        }
+
+        /// Host the request is for: lower case, without port or trailing dot.
+        pub fn host(&self) -> String {
+            match &self.source {
+                Source::Host(raw) => raw.host(),
+                #[cfg(feature = "testing")]
+                Source::Test(t) => t.host.clone(),
+            }
+        }
+
+        /// Path of the request target, canonical (percent-decoded, without `.`, `..`
+        /// or repeated slashes), without the query string.
+        pub fn path(&self) -> String {
+            match &self.source {
+                Source::Host(raw) => raw.path(),
+                #[cfg(feature = "testing")]
+                Source::Test(t) => t.path.clone(),
+            }
+        }
+
+        /// The query string as sent, without the `?`.
+        pub fn query(&self) -> Option<String> {
+            match &self.source {
+                Source::Host(raw) => raw.query(),
+                #[cfg(feature = "testing")]
+                Source::Test(t) => t.query.clone(),
+            }
+        }
+
+        /// The value of query parameter `name`, as sent (not percent-decoded).
+        pub fn query_param(&self, name: &str) -> Option<String> {
+            let query = self.query()?;
+            query.split('&').find_map(|pair| {
+                let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+                (key == name).then(|| value.to_owned())
+            })
+        }
+
+        /// Client address as `"ip:port"`.
+        pub fn client_addr(&self) -> String {
+            match &self.source {
+                Source::Host(raw) => raw.client_addr(),
+                #[cfg(feature = "testing")]
+                Source::Test(t) => t.client.clone(),
+            }
+        }
+
+        /// First value of header `name` (case-insensitive), if present and valid UTF-8.
+        pub fn header(&self, name: &str) -> Option<String> {
+            match &self.source {
+                Source::Host(raw) => raw.header(name),
+                #[cfg(feature = "testing")]
+                Source::Test(t) => {
+                    let name = name.to_ascii_lowercase();
+                    t.headers
+                        .iter()
+                        .find(|(n, _)| *n == name)
+                        .map(|(_, v)| v.clone())
+                }
+            }
+        }
+
+        /// The value of cookie `name`, from the `Cookie` header.
+        pub fn cookie(&self, name: &str) -> Option<String> {
+            let cookies = self.header("cookie")?;
+            cookies.split(';').find_map(|c| {
+                let (key, value) = c.trim().split_once('=')?;
+                (key == name).then(|| value.to_owned())
+            })
+        }
+    }
+}
+
+/// Generated bindings of `wit/v0.2.0`. Not part of the SDK's stable surface: use the
 /// [`Balancer`] trait and [`export_balancer!`] instead.
+#[cfg(feature = "guest")]
 #[doc(hidden)]
 #[allow(unsafe_code, missing_debug_implementations, clippy::all)]
 pub mod bindings {
     wit_bindgen::generate!({
         world: "balancer",
-        path: "../wit",
+        path: "wit/v0.2.0",
         pub_export_macro: true,
         export_macro_name: "__export_balancer_world",
         default_bindings_module: "switchyard_plugin_sdk::bindings",
@@ -76,56 +215,25 @@ pub mod bindings {
 
 /// Generated bindings of world `router`; they share the `types` interface (and so the
 /// request type) with [`bindings`].
+#[cfg(feature = "guest")]
 #[doc(hidden)]
 #[allow(unsafe_code, missing_debug_implementations, clippy::all)]
 pub mod router_bindings {
     wit_bindgen::generate!({
         world: "router",
-        path: "../wit",
+        path: "wit/v0.2.0",
         pub_export_macro: true,
         export_macro_name: "__export_router_world",
         default_bindings_module: "switchyard_plugin_sdk::router_bindings",
-        with: { "switchyard:plugin/types@0.1.0": crate::bindings::switchyard::plugin::types },
+        with: { "switchyard:plugin/types@0.2.0": crate::bindings::switchyard::plugin::types },
     });
 }
 
-use bindings::switchyard::plugin::types::Request as RawRequest;
-
-/// The request being balanced. Each getter asks the host, so only what you read is copied.
-pub struct Request<'a> {
-    raw: &'a RawRequest,
-}
-
-impl std::fmt::Debug for Request<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Request").finish_non_exhaustive()
-    }
-}
-
-impl Request<'_> {
-    /// Method in upper case, e.g. `"GET"`.
-    pub fn method(&self) -> String {
-        self.raw.method()
-    }
-    /// Host the client asked for, without the port.
-    pub fn host(&self) -> String {
-        self.raw.host()
-    }
-    /// Path of the request target, without the query string.
-    pub fn path(&self) -> String {
-        self.raw.path()
-    }
-    /// Client address as `"ip:port"`.
-    pub fn client_addr(&self) -> String {
-        self.raw.client_addr()
-    }
-    /// First value of header `name` (case-insensitive), if present and valid UTF-8.
-    pub fn header(&self, name: &str) -> Option<String> {
-        self.raw.header(name)
-    }
-}
+#[cfg(feature = "guest")]
+use bindings::switchyard::plugin::types::{BackendTable, Request as RawRequest};
 
 /// A load-balancing algorithm. One value lives per pool that uses the plugin.
+#[cfg(feature = "guest")]
 pub trait Balancer: Sized + 'static {
     /// Builds the balancer from the pool's `balancer_config`. An `Err` rejects the plugin
     /// and its message is shown to the operator, so say which key is wrong and why.
@@ -143,6 +251,7 @@ pub trait Balancer: Sized + 'static {
 }
 
 /// A response a router sends itself, without a backend.
+#[cfg(feature = "guest")]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Response {
     /// HTTP status, 100–599.
@@ -153,6 +262,7 @@ pub struct Response {
     pub body: String,
 }
 
+#[cfg(feature = "guest")]
 impl Response {
     /// A response with `status` and a plain-text `body`.
     pub fn new(status: u16, body: impl Into<String>) -> Self {
@@ -171,6 +281,7 @@ impl Response {
 }
 
 /// What a router decides for one request.
+#[cfg(feature = "guest")]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Decision {
     /// Serve from the pool of this name.
@@ -205,6 +316,7 @@ pub enum Decision {
 /// switchyard_plugin_sdk::export_router!(Moved);
 /// # fn main() {}
 /// ```
+#[cfg(feature = "guest")]
 pub trait Router: Sized + 'static {
     /// Builds the router from its `router_config`; an `Err` rejects it.
     fn init(config: &Config) -> Result<Self, String>;
@@ -214,9 +326,10 @@ pub trait Router: Sized + 'static {
 }
 
 /// Runtime glue behind [`export_balancer!`]; not for direct use.
+#[cfg(feature = "guest")]
 #[doc(hidden)]
 pub mod __private {
-    use super::{Backends, Balancer, Config, RawRequest, Request};
+    use super::{BackendTable, Backends, Balancer, Config, RawRequest, Request};
     use std::any::Any;
     use std::cell::RefCell;
     use std::marker::PhantomData;
@@ -244,9 +357,9 @@ pub mod __private {
             Ok(())
         }
 
-        fn select(request: &RawRequest, backends: Vec<u32>) -> Option<u32> {
-            let request = Request { raw: request };
-            let backends = Backends::new(&backends);
+        fn select(request: &RawRequest, backends: BackendTable) -> Option<u32> {
+            let request = Request::from_host(request);
+            let backends = Backends::new(backends.stride as usize, &backends.data);
             with_plugin::<T, _>(|b| b.select(&request, &backends))
                 .flatten()
                 .and_then(|index| u32::try_from(index).ok())
@@ -274,7 +387,7 @@ pub mod __private {
             use crate::router_bindings::switchyard::plugin::routing::{
                 Decision as Raw, Response as RawResponse,
             };
-            let request = Request { raw: request };
+            let request = Request::from_host(request);
             match with_plugin::<T, _>(|r| r.route(&request)) {
                 Some(super::Decision::Pool(name)) => Raw::Pool(name),
                 Some(super::Decision::Respond(r)) => Raw::Respond(RawResponse {
@@ -291,6 +404,7 @@ pub mod __private {
 /// Exports a [`Balancer`] implementation as the plugin's `balancer` world.
 ///
 /// Invoke it once, at the crate root of a `cdylib` crate.
+#[cfg(feature = "guest")]
 #[macro_export]
 macro_rules! export_balancer {
     ($balancer:ty) => {
@@ -310,6 +424,7 @@ macro_rules! export_balancer {
 /// Exports a [`Router`] implementation as the plugin's `router` world.
 ///
 /// Invoke it once, at the crate root of a `cdylib` crate.
+#[cfg(feature = "guest")]
 #[macro_export]
 macro_rules! export_router {
     ($router:ty) => {

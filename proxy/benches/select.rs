@@ -16,7 +16,8 @@ use switchyard::plugin::request::placeholder_header;
 use switchyard::plugin::{
     Allocator, PluginEngine, PluginRegistry, PluginSource, PoolBalancer, WorldKind,
 };
-use switchyard::pool::{BACKEND_STRIDE, FLAG_HEALTHY, Pool};
+use switchyard::pool::Pool;
+use switchyard_plugin_sdk::abi::Row;
 
 /// The system allocator, counting allocations.
 struct Counting;
@@ -148,11 +149,18 @@ fn report_allocations() {
     }
 }
 
-fn table(backends: usize) -> Vec<u32> {
-    let mut t = Vec::with_capacity(backends * BACKEND_STRIDE);
+fn table(backends: usize, stride: usize) -> Vec<u32> {
+    let mut t = Vec::with_capacity(backends * stride);
     for i in 0..backends as u32 {
-        // weight, flags, in-flight, latency µs, failures
-        t.extend_from_slice(&[1 + i % 3, FLAG_HEALTHY, i % 7, 1000 + i % 500, 0]);
+        Row {
+            weight: 1 + i % 3,
+            healthy: true,
+            in_flight: i % 7,
+            latency_us: 1000 + i % 500,
+            recent_failures: 0,
+            id: u64::from(i),
+        }
+        .write(stride, &mut t);
     }
     t
 }
@@ -173,11 +181,11 @@ fn select(c: &mut Criterion) {
         )
         .unwrap();
         for backends in SIZES {
-            let t = table(backends);
+            let mut t = table(backends, balancer.abi().stride());
             let mut header = placeholder_header();
             let mut view = switchyard::plugin::request::RequestView::placeholder();
-            group.bench_with_input(BenchmarkId::new(plugin, backends), &t, |b, t| {
-                b.iter(|| black_box(balancer.select(&mut header, &mut view, t).unwrap()))
+            group.bench_function(BenchmarkId::new(plugin, backends), |b| {
+                b.iter(|| black_box(balancer.select(&mut header, &mut view, &mut t).unwrap()))
             });
         }
     }

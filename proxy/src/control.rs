@@ -18,7 +18,6 @@ use crate::connections::ConnectionCaps;
 use crate::plugin::registry::{FsCatalog, sha256_hex};
 use crate::plugin::request::{RequestView, placeholder_header};
 use crate::plugin::{FailureKind, LoadedPlugin, PluginEngine, PoolBalancer, RouterInstance};
-use crate::pool::{BACKEND_STRIDE, FLAG_HEALTHY};
 use crate::runtime::{self, Runtime};
 use crate::tls::ListenerCertificates;
 
@@ -190,6 +189,7 @@ impl Control {
                 json!({
                     "name": plugin.name,
                     "world": plugin.world().as_str(),
+                    "abi": plugin.abi().as_str(),
                     "source": plugin.source.to_string(),
                     "sha256": plugin.sha256,
                     "loaded_at": rfc3339(plugin.loaded_at),
@@ -572,13 +572,19 @@ fn plugin_uses(runtime: &Runtime) -> Vec<PluginUse<'_>> {
 /// One `select` on a fresh instance over `backends` healthy, idle backends: the plugin
 /// must answer without failing before it serves traffic.
 fn self_check(balancer: &PoolBalancer, backends: usize) -> Result<(), String> {
-    let mut table = Vec::with_capacity(backends * BACKEND_STRIDE);
-    for _ in 0..backends {
-        table.extend_from_slice(&[1, FLAG_HEALTHY, 0, 0, 0]);
+    let mut table = Vec::new();
+    for id in 0..backends as u64 {
+        let row = switchyard_plugin_sdk::abi::Row {
+            weight: 1,
+            healthy: true,
+            id,
+            ..Default::default()
+        };
+        row.write(balancer.abi().stride(), &mut table);
     }
     let mut header = placeholder_header();
     balancer
-        .select(&mut header, &mut RequestView::placeholder(), &table)
+        .select(&mut header, &mut RequestView::placeholder(), &mut table)
         .map(|_| ())
         .map_err(|e| format!("self-check `select` failed: {e}"))
 }

@@ -79,8 +79,8 @@ pub fn human(request: &Value, reply: &Value) -> String {
         "plugins" => {
             let _ = writeln!(
                 out,
-                "{:<16} {:<12} {:<8} {:>10} {:>9}  {:<11} POOLS  SOURCE",
-                "NAME", "SHA256", "CACHE", "CALLS", "FAILURES", "QUARANTINED"
+                "{:<16} {:<6} {:<12} {:<8} {:>10} {:>9}  {:<11} POOLS  SOURCE",
+                "NAME", "ABI", "SHA256", "CACHE", "CALLS", "FAILURES", "QUARANTINED"
             );
             for p in reply["plugins"].as_array().into_iter().flatten() {
                 let failures: u64 = p["failures"]
@@ -93,8 +93,9 @@ pub fn human(request: &Value, reply: &Value) -> String {
                     p["pools"].as_array().into_iter().flatten().map(s).collect();
                 let _ = writeln!(
                     out,
-                    "{:<16} {:<12} {:<8} {:>10} {:>9}  {:<11} {}  {}",
+                    "{:<16} {:<6} {:<12} {:<8} {:>10} {:>9}  {:<11} {}  {}",
                     s(&p["name"]),
+                    s(&p["abi"]),
                     short(&p["sha256"]),
                     s(&p["cache"]),
                     s(&p["calls"]),

@@ -15,11 +15,7 @@ use crate::config::{
 };
 use crate::plugin::request::RequestView;
 use crate::plugin::{PluginError, PoolBalancer};
-
-/// `u32` values per backend in the table passed to `select` (see `wit/plugin.wit`).
-pub const BACKEND_STRIDE: usize = 5;
-/// Flags bit: the backend may be chosen for this request.
-pub const FLAG_HEALTHY: u32 = 1;
+use switchyard_plugin_sdk::abi::Row;
 
 /// Decay time of the host's latency estimate (the one shown to every plugin).
 const HOST_EWMA_DECAY: Duration = Duration::from_secs(10);
@@ -56,6 +52,8 @@ impl PeakEwma {
 pub struct Backend {
     /// Address requests are sent to.
     pub addr: SocketAddr,
+    /// Identity shown to plugins: a hash of the address (`switchyard_plugin_sdk::abi::backend_id`).
+    pub id: u64,
     weight: AtomicU32,
     /// Set by `ctl weight`: a configuration reload keeps it rather than the file's.
     weight_set_at_run_time: AtomicBool,
@@ -82,6 +80,7 @@ impl Backend {
     fn new(addr: SocketAddr, weight: u32, backup: bool) -> Self {
         Backend {
             addr,
+            id: switchyard_plugin_sdk::abi::backend_id(&addr.to_string()),
             weight: AtomicU32::new(weight),
             weight_set_at_run_time: AtomicBool::new(false),
             backup,
@@ -482,21 +481,21 @@ impl Pool {
         (0..self.backends.len()).any(|i| self.eligible_in(tier, i, excluded))
     }
 
-    fn fill_table(&self, excluded: &[usize], table: &mut Vec<u32>) {
+    /// Fills `table` with a row of `stride` values per backend (the plugin's interface
+    /// version's layout, `switchyard_plugin_sdk::abi`).
+    fn fill_table(&self, excluded: &[usize], table: &mut Vec<u32>, stride: usize) {
         table.clear();
         let tier = self.tier(excluded);
         for (i, b) in self.backends.iter().enumerate() {
-            table.extend_from_slice(&[
-                b.weight(),
-                if self.eligible_in(tier, i, excluded) {
-                    FLAG_HEALTHY
-                } else {
-                    0
-                },
-                b.in_flight.load(Ordering::Relaxed),
-                b.latency_us.load(Ordering::Relaxed),
-                b.recent_failures.load(Ordering::Relaxed),
-            ]);
+            Row {
+                weight: b.weight(),
+                healthy: self.eligible_in(tier, i, excluded),
+                in_flight: b.in_flight.load(Ordering::Relaxed),
+                latency_us: b.latency_us.load(Ordering::Relaxed),
+                recent_failures: b.recent_failures.load(Ordering::Relaxed),
+                id: b.id,
+            }
+            .write(stride, table);
         }
     }
 
@@ -521,8 +520,10 @@ impl Pool {
         }
         let from_plugin = TABLE.with(|cell| {
             let mut table = cell.borrow_mut();
-            self.fill_table(excluded, &mut table);
-            off_the_worker_if(balancer.is_slow(), || balancer.select(header, view, &table))
+            self.fill_table(excluded, &mut table, balancer.abi().stride());
+            off_the_worker_if(balancer.is_slow(), || {
+                balancer.select(header, view, &mut table)
+            })
         });
         let (index, decision) = match from_plugin {
             Ok(Some(index)) => (Some(index), Decision::Plugin),

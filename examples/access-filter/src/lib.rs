@@ -140,6 +140,22 @@ mod tests {
     }
 
     #[test]
+    fn route_answers_403_to_a_denied_client_and_lets_others_continue() {
+        use switchyard_plugin_sdk::testing::TestRequest;
+        let mut f = filter("", "192.0.2.0/24");
+        let denied = TestRequest::get("/").client("192.0.2.7:5000");
+        match f.route(&denied.as_request()) {
+            Decision::Respond(r) => {
+                assert_eq!(r.status, 403);
+                assert!(r.body.contains("192.0.2.7:5000"), "{}", r.body);
+            }
+            other => panic!("{other:?}"),
+        }
+        let other = TestRequest::get("/").client("198.51.100.1:5000");
+        assert_eq!(f.route(&other.as_request()), Decision::Continue);
+    }
+
+    #[test]
     fn bad_blocks_are_named() {
         let err = AccessFilter::init(&Config::new(vec![("deny".into(), "10.0.0.0/40".into())]))
             .unwrap_err();

@@ -30,15 +30,10 @@ impl Canary {
         let by_header = request
             .header(&self.header)
             .is_some_and(|v| matches!(v.trim(), "1" | "true" | "yes"));
-        let by_cookie = self.cookie.as_ref().is_some_and(|name| {
-            request.header("cookie").is_some_and(|cookies| {
-                cookies.split(';').any(|c| {
-                    c.trim()
-                        .split_once('=')
-                        .is_some_and(|(k, v)| k == name && v == "1")
-                })
-            })
-        });
+        let by_cookie = self
+            .cookie
+            .as_ref()
+            .is_some_and(|name| request.cookie(name).as_deref() == Some("1"));
         by_header || by_cookie
     }
 }
@@ -72,3 +67,46 @@ impl Router for Canary {
 }
 
 switchyard_plugin_sdk::export_router!(Canary);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use switchyard_plugin_sdk::testing::TestRequest;
+
+    fn canary(settings: &[(&str, &str)]) -> Canary {
+        let config = settings
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        Canary::init(&Config::new(config)).unwrap()
+    }
+
+    #[test]
+    fn marked_requests_go_to_the_canary_and_the_rest_continue() {
+        let mut c = canary(&[("pool", "beta"), ("cookie", "canary")]);
+        let by_header = TestRequest::get("/").header("x-canary", "yes");
+        let by_cookie = TestRequest::get("/").header("cookie", "a=b; canary=1");
+        let plain = TestRequest::get("/").header("cookie", "canary=0");
+        assert_eq!(
+            c.route(&by_header.as_request()),
+            Decision::Pool("beta".into())
+        );
+        assert_eq!(
+            c.route(&by_cookie.as_request()),
+            Decision::Pool("beta".into())
+        );
+        assert_eq!(c.route(&plain.as_request()), Decision::Continue);
+    }
+
+    #[test]
+    fn a_percentage_sends_about_that_share() {
+        let mut c = canary(&[("percent", "20")]);
+        let plain = TestRequest::get("/");
+        let sent = (0..5000)
+            .filter(|_| c.route(&plain.as_request()) != Decision::Continue)
+            .count();
+        assert!((800..1200).contains(&sent), "{sent} of 5000");
+        let err = Canary::init(&Config::new(vec![("percent".into(), "101".into())])).unwrap_err();
+        assert!(err.contains("router_config.percent"), "{err}");
+    }
+}

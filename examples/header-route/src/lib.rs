@@ -49,3 +49,38 @@ impl Balancer for HeaderRoute {
 }
 
 switchyard_plugin_sdk::export_balancer!(HeaderRoute);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use switchyard_plugin_sdk::testing::{TestBackends, TestRequest};
+
+    #[test]
+    fn the_header_pins_a_healthy_backend_and_the_rest_go_round_robin() {
+        let mut lb = HeaderRoute::init(&Config::default()).unwrap();
+        let backends = TestBackends::idle(3).with(2, |b| b.healthy = false);
+        let pinned = TestRequest::get("/").header("X-Backend", "1");
+        assert_eq!(lb.select(&pinned.as_request(), &backends.view()), Some(1));
+        // Pinned to a backend that is down: served by another, never by it.
+        let to_down = TestRequest::get("/").header("x-backend", "2");
+        let plain = TestRequest::get("/");
+        let picks: Vec<_> = [&to_down, &plain, &plain, &plain]
+            .iter()
+            .map(|r| lb.select(&r.as_request(), &backends.view()))
+            .collect();
+        assert_eq!(picks, [Some(0), Some(1), Some(0), Some(1)]);
+    }
+
+    #[test]
+    fn the_header_name_is_configurable_and_typos_are_refused() {
+        let config = Config::new(vec![("header".into(), "x-shard".into())]);
+        let mut lb = HeaderRoute::init(&config).unwrap();
+        let request = TestRequest::get("/").header("x-shard", "2");
+        assert_eq!(
+            lb.select(&request.as_request(), &TestBackends::idle(3).view()),
+            Some(2)
+        );
+        let typo = Config::new(vec![("heade".into(), "x".into())]);
+        assert!(HeaderRoute::init(&typo).is_err());
+    }
+}

@@ -202,7 +202,7 @@ switchyard_plugin_sdk::export_balancer!(PeakEwma);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use switchyard_plugin_sdk::{Backend, table};
+    use switchyard_plugin_sdk::testing::{TestBackends, TestRequest};
 
     const MS: Duration = Duration::from_millis(1);
 
@@ -236,27 +236,29 @@ mod tests {
         for (i, ms) in [5, 5, 80].into_iter().enumerate() {
             p.observe(i, ms * MS, now);
         }
-        let raw = table(&(0..3).map(Backend::idle).collect::<Vec<_>>());
+        let idle = TestBackends::idle(3);
         let picks: Vec<_> = (0..300)
-            .map(|_| p.pick(&Backends::new(&raw), now).unwrap())
+            .map(|_| p.pick(&idle.view(), now).unwrap())
             .collect();
         assert!(!picks.contains(&2));
         // 20 in flight on a 5 ms backend costs more than one idle 80 ms backend.
-        let mut busy: Vec<Backend> = (0..3).map(Backend::idle).collect();
-        busy[0].in_flight = 20;
-        busy[1].healthy = false;
-        let raw = table(&busy);
-        assert_eq!(p.pick(&Backends::new(&raw), now), Some(2));
+        let busy = TestBackends::idle(3)
+            .in_flight(&[20, 0, 0])
+            .with(1, |b| b.healthy = false);
+        assert_eq!(p.pick(&busy.view(), now), Some(2));
     }
 
     #[test]
     fn a_fresh_balancer_trusts_the_host_measurement() {
-        let mut p = balancer();
-        let mut seen: Vec<Backend> = (0..2).map(Backend::idle).collect();
-        seen[0].latency_us = 80_000;
-        seen[1].latency_us = 5_000;
-        let raw = table(&seen);
-        assert_eq!(p.pick(&Backends::new(&raw), Instant::now()), Some(1));
+        // Through the whole Balancer interface, as the host calls it.
+        let mut p = PeakEwma::init(&Config::default()).unwrap();
+        let seen = TestBackends::idle(2)
+            .with(0, |b| b.latency_us = 80_000)
+            .with(1, |b| b.latency_us = 5_000);
+        let request = TestRequest::get("/");
+        for _ in 0..20 {
+            assert_eq!(p.select(&request.as_request(), &seen.view()), Some(1));
+        }
     }
 
     #[test]
@@ -265,10 +267,8 @@ mod tests {
         p.on_response(0, 0, 100);
         p.on_response(1, 200, 20_000);
         // The host counts the failure in the backend's streak before telling the plugin.
-        let mut seen: Vec<Backend> = (0..2).map(Backend::idle).collect();
-        seen[0].recent_failures = 1;
-        let raw = table(&seen);
-        assert_eq!(p.pick(&Backends::new(&raw), Instant::now()), Some(1));
+        let seen = TestBackends::idle(2).with(0, |b| b.recent_failures = 1);
+        assert_eq!(p.pick(&seen.view(), Instant::now()), Some(1));
     }
 
     #[test]
@@ -277,16 +277,14 @@ mod tests {
         let now = Instant::now();
         p.on_response(0, 0, 100);
         p.on_response(1, 200, 20_000);
-        let mut seen: Vec<Backend> = (0..2).map(Backend::idle).collect();
-        seen[0].recent_failures = 3;
-        p.pick(&Backends::new(&table(&seen)), now);
+        let failing = TestBackends::idle(2).with(0, |b| b.recent_failures = 3);
+        p.pick(&failing.view(), now);
         assert!(
             p.estimate_at(0, now) >= 900_000.0,
             "still penalised while failing"
         );
         // Health checks pass again: the host clears the streak; the penalty goes.
-        seen[0].recent_failures = 0;
-        assert_eq!(p.pick(&Backends::new(&table(&seen)), now), Some(0));
+        assert_eq!(p.pick(&TestBackends::idle(2).view(), now), Some(0));
         assert_eq!(p.estimate_at(0, now), 10_000.0, "default_rtt again");
     }
 

@@ -14,7 +14,9 @@
 //! - `"2"`: power of two choices — compare two distinct random healthy backends, the
 //!   second drawn from the n − 1 others. O(1) per pick for large pools.
 
-use switchyard_plugin_sdk::{Backend, Backends, Balancer, Candidates, Config, Request, Rng};
+use switchyard_plugin_sdk::{
+    Backend, Backends, Balancer, Candidates, Config, Request, Rng, SmoothWeighted,
+};
 
 /// How many candidates a pick compares.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -29,8 +31,8 @@ pub enum Choices {
 #[derive(Debug)]
 pub struct LeastConn {
     choices: Choices,
-    /// Smooth weighted round-robin among tied backends: each one's running value.
-    current: Vec<i64>,
+    /// Smooth weighted round-robin among the tied backends.
+    ties: SmoothWeighted,
     rng: Rng,
 }
 
@@ -45,7 +47,7 @@ impl LeastConn {
     pub fn new(choices: Choices, rng: Rng) -> Self {
         LeastConn {
             choices,
-            current: Vec::new(),
+            ties: SmoothWeighted::default(),
             rng,
         }
     }
@@ -60,25 +62,11 @@ impl LeastConn {
 
     fn scan(&mut self, backends: &Backends<'_>) -> Option<usize> {
         let lightest = backends.healthy().min_by(load_order)?;
-        // Smooth weighted round-robin among the backends tied at the lowest load:
-        // current += w for each, the largest wins and gives back the tied total.
-        self.current.resize(backends.len(), 0);
-        let mut total = 0i64;
-        let mut chosen: Option<usize> = None;
-        for b in backends
-            .healthy()
-            .filter(|b| load_order(b, &lightest).is_eq())
-        {
-            let weight = i64::from(b.weight);
-            total += weight;
-            self.current[b.index] += weight;
-            if chosen.is_none_or(|c| self.current[b.index] > self.current[c]) {
-                chosen = Some(b.index);
-            }
-        }
-        let chosen = chosen?;
-        self.current[chosen] -= total;
-        Some(chosen)
+        self.ties.pick(
+            backends
+                .healthy()
+                .filter(|b| load_order(b, &lightest).is_eq()),
+        )
     }
 
     fn two_choices(&mut self, backends: &Backends<'_>) -> Option<usize> {
@@ -127,66 +115,58 @@ switchyard_plugin_sdk::export_balancer!(LeastConn);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use switchyard_plugin_sdk::table;
+    use switchyard_plugin_sdk::testing::{TestBackends, TestRequest};
 
-    fn loaded(in_flight: &[u32], weights: &[u32]) -> Vec<u32> {
-        let backends: Vec<Backend> = in_flight
-            .iter()
-            .zip(weights)
-            .enumerate()
-            .map(|(i, (&in_flight, &weight))| Backend {
-                in_flight,
-                weight,
-                ..Backend::idle(i)
-            })
-            .collect();
-        table(&backends)
+    fn loaded(in_flight: &[u32], weights: &[u32]) -> TestBackends {
+        TestBackends::idle(in_flight.len())
+            .in_flight(in_flight)
+            .weights(weights)
     }
 
     #[test]
     fn picks_the_least_loaded_relative_to_weight() {
         let mut lc = LeastConn::new(Choices::All, Rng::with_seed(1));
         // loads: 3/1, 4/3, 2/1 → backend 1
-        let raw = loaded(&[3, 4, 2], &[1, 3, 1]);
-        assert_eq!(lc.pick(&Backends::new(&raw)), Some(1));
+        assert_eq!(lc.pick(&loaded(&[3, 4, 2], &[1, 3, 1]).view()), Some(1));
     }
 
     #[test]
-    fn idle_backends_share_by_weight() {
+    fn idle_backends_share_by_weight_through_select() {
         // One request at a time: every backend is idle at each pick, so weights 2:1
         // must give 2:1, interleaved, as nginx's least_conn does.
-        let mut lc = LeastConn::new(Choices::All, Rng::with_seed(1));
-        let raw = loaded(&[0, 0], &[2, 1]);
-        let view = Backends::new(&raw);
-        let picks: Vec<_> = (0..9).map(|_| lc.pick(&view).unwrap()).collect();
+        let mut lc = LeastConn::init(&Config::default()).unwrap();
+        let backends = loaded(&[0, 0], &[2, 1]);
+        let request = TestRequest::get("/");
+        let picks: Vec<_> = (0..9)
+            .map(|_| lc.select(&request.as_request(), &backends.view()).unwrap())
+            .collect();
         assert_eq!(picks, [0, 1, 0, 0, 1, 0, 0, 1, 0]);
         let mut two = LeastConn::new(Choices::Two, Rng::with_seed(7));
-        let heavy = (0..3000).filter(|_| two.pick(&view) == Some(0)).count();
+        let heavy = (0..3000)
+            .filter(|_| two.pick(&backends.view()) == Some(0))
+            .count();
         assert!((1900..2100).contains(&heavy), "{heavy}");
     }
 
     #[test]
     fn ties_rotate() {
         let mut lc = LeastConn::new(Choices::All, Rng::with_seed(1));
-        let raw = loaded(&[0, 0, 0], &[1, 1, 1]);
-        let view = Backends::new(&raw);
-        let picks: Vec<_> = (0..6).map(|_| lc.pick(&view).unwrap()).collect();
+        let backends = loaded(&[0, 0, 0], &[1, 1, 1]);
+        let picks: Vec<_> = (0..6).map(|_| lc.pick(&backends.view()).unwrap()).collect();
         assert_eq!(picks, [0, 1, 2, 0, 1, 2]);
     }
 
     #[test]
     fn two_choices_never_picks_the_busiest_of_three_and_skips_unhealthy() {
         let mut lc = LeastConn::new(Choices::Two, Rng::with_seed(3));
-        let raw = loaded(&[0, 1, 50], &[1, 1, 1]);
-        let view = Backends::new(&raw);
+        let busy = loaded(&[0, 1, 50], &[1, 1, 1]);
         for _ in 0..1000 {
-            assert_ne!(lc.pick(&view), Some(2));
+            assert_ne!(lc.pick(&busy.view()), Some(2));
         }
-        let mut backends: Vec<Backend> = (0..3).map(Backend::idle).collect();
-        backends[0].healthy = false;
-        backends[2].healthy = false;
-        let raw = table(&backends);
-        assert_eq!(lc.pick(&Backends::new(&raw)), Some(1));
+        let one_left = TestBackends::idle(3)
+            .with(0, |b| b.healthy = false)
+            .with(2, |b| b.healthy = false);
+        assert_eq!(lc.pick(&one_left.view()), Some(1));
     }
 
     #[test]

@@ -1,95 +1,54 @@
-//! Smooth weighted round-robin, nginx's algorithm.
-//!
-//! On every pick, over the healthy backends `i` with weight `wᵢ`:
-//!
-//! ```text
-//! currentᵢ += wᵢ            for every healthy i
-//! chosen    = argmax currentᵢ (first on ties)
-//! current_chosen -= Σ wᵢ
-//! ```
-//!
-//! Over any Σw consecutive picks each backend is chosen exactly wᵢ times, and heavy
+//! Smooth weighted round-robin, nginx's algorithm ([`SmoothWeighted`]): over any Σw
+//! consecutive picks each healthy backend is chosen exactly wᵢ times, and heavy
 //! backends are spread out: weights 5:1:1 give `a a b a c a a`, never five in a row.
 //! Takes no configuration.
 
-use switchyard_plugin_sdk::{Backends, Balancer, Config, Request};
+use switchyard_plugin_sdk::{Backends, Balancer, Config, Request, SmoothWeighted};
 
-/// Per-pool state: each backend's running `current` value.
+/// Per-pool state: the running values of the weighted round-robin.
 #[derive(Debug, Default)]
-pub struct SmoothWeighted {
-    current: Vec<i64>,
+pub struct RoundRobin {
+    order: SmoothWeighted,
 }
 
-impl SmoothWeighted {
-    /// One pick over `backends`; `None` when no backend is healthy.
-    pub fn pick(&mut self, backends: &Backends<'_>) -> Option<usize> {
-        self.current.resize(backends.len(), 0);
-        let mut total = 0i64;
-        let mut best: Option<usize> = None;
-        for b in backends.healthy() {
-            let weight = i64::from(b.weight);
-            total += weight;
-            self.current[b.index] += weight;
-            if best.is_none_or(|i| self.current[b.index] > self.current[i]) {
-                best = Some(b.index);
-            }
-        }
-        let chosen = best?;
-        self.current[chosen] -= total;
-        Some(chosen)
-    }
-}
-
-impl Balancer for SmoothWeighted {
+impl Balancer for RoundRobin {
     fn init(config: &Config) -> Result<Self, String> {
         config.reject_unknown(&[])?;
-        Ok(SmoothWeighted::default())
+        Ok(RoundRobin::default())
     }
 
     fn select(&mut self, _request: &Request<'_>, backends: &Backends<'_>) -> Option<usize> {
-        self.pick(backends)
+        self.order.pick(backends.healthy())
     }
 }
 
-switchyard_plugin_sdk::export_balancer!(SmoothWeighted);
+switchyard_plugin_sdk::export_balancer!(RoundRobin);
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use switchyard_plugin_sdk::{Backend, table};
+    use switchyard_plugin_sdk::testing::{TestBackends, TestRequest};
 
-    fn weighted(weights: &[u32]) -> Vec<u32> {
-        let backends: Vec<Backend> = weights
-            .iter()
-            .enumerate()
-            .map(|(i, &weight)| Backend {
-                weight,
-                ..Backend::idle(i)
-            })
-            .collect();
-        table(&backends)
-    }
-
-    fn sequence(rr: &mut SmoothWeighted, raw: &[u32], picks: usize) -> String {
-        let view = Backends::new(raw);
+    fn sequence(backends: &TestBackends, picks: usize) -> String {
+        let mut rr = RoundRobin::init(&Config::default()).unwrap();
+        let request = TestRequest::get("/");
         (0..picks)
-            .map(|_| char::from(b'a' + rr.pick(&view).unwrap() as u8))
+            .map(|_| {
+                rr.select(&request.as_request(), &backends.view())
+                    .map_or('-', |i| char::from(b'a' + i as u8))
+            })
             .collect()
     }
 
     #[test]
     fn five_one_one_interleaves_like_nginx() {
-        let mut rr = SmoothWeighted::default();
-        assert_eq!(
-            sequence(&mut rr, &weighted(&[5, 1, 1]), 14),
-            "aabacaaaabacaa"
-        );
+        let backends = TestBackends::idle(3).weights(&[5, 1, 1]);
+        assert_eq!(sequence(&backends, 14), "aabacaaaabacaa");
     }
 
     #[test]
     fn never_five_in_a_row_and_exact_shares() {
-        let mut rr = SmoothWeighted::default();
-        let seq = sequence(&mut rr, &weighted(&[5, 1, 1]), 700);
+        let seq = sequence(&TestBackends::idle(3).weights(&[5, 1, 1]), 700);
         assert_eq!(seq.matches('a').count(), 500);
         assert_eq!(seq.matches('b').count(), 100);
         assert!(!seq.contains("aaaaa"), "{seq}");
@@ -97,21 +56,15 @@ mod tests {
 
     #[test]
     fn skips_unhealthy_backends() {
-        let mut backends: Vec<Backend> = (0..3).map(Backend::idle).collect();
-        backends[1].healthy = false;
-        let raw = table(&backends);
-        let mut rr = SmoothWeighted::default();
-        assert_eq!(sequence(&mut rr, &raw, 6), "acacac");
-        let none = table(&[Backend {
-            healthy: false,
-            ..Backend::idle(0)
-        }]);
-        assert_eq!(rr.pick(&Backends::new(&none)), None);
+        let one_down = TestBackends::idle(3).with(1, |b| b.healthy = false);
+        assert_eq!(sequence(&one_down, 6), "acacac");
+        let all_down = TestBackends::idle(1).with(0, |b| b.healthy = false);
+        assert_eq!(sequence(&all_down, 1), "-");
     }
 
     #[test]
     fn rejects_configuration_keys() {
         let config = Config::new(vec![("choices".into(), "2".into())]);
-        assert!(SmoothWeighted::init(&config).is_err());
+        assert!(RoundRobin::init(&config).is_err());
     }
 }

@@ -2,41 +2,83 @@
 //!
 //! - [`sandbox`]: the engine and what a plugin may reach.
 //! - [`registry`]: finds plugins by name (bundled, or `*.wasm` in the plugins directory),
-//!   compiles and links them.
-//! - [`balancer`]: one live instance per pool, called for each request, with failure
-//!   handling.
+//!   compiles them, and links them in the interface version they were built against.
+//! - [`worlds`]: each world's calls over every version's bindings.
+//! - [`instance`]: a live instance, its lock and deadline; [`quarantine`] decides when
+//!   it is not called; [`failure`] counts how calls fail.
+//! - [`balancer`], [`router`]: each world's calls, with the answer checked.
+//! - [`request`]: what a plugin reads of the request.
 
+pub mod balancer;
 pub mod bundled;
+pub mod failure;
 pub mod instance;
 pub mod output;
+pub mod quarantine;
 pub mod registry;
 pub mod request;
+pub mod router;
 pub mod sandbox;
+pub mod worlds;
 
-pub use instance::{FailureKind, PluginInstance, PoolBalancer, RouteDecision, RouterInstance};
+pub use failure::FailureKind;
+pub use instance::{PluginInstance, PoolBalancer, RouterInstance};
 pub use registry::{LoadedPlugin, PluginRegistry, PluginSource};
+pub use router::RouteDecision;
 pub use sandbox::{Allocator, PluginEngine, PluginState};
 
-/// Host-side bindings of `wit/plugin.wit`, world `balancer`.
-pub mod host_bindings {
-    #![allow(missing_docs, missing_debug_implementations, clippy::all)]
-    wasmtime::component::bindgen!({
-        path: "../wit",
-        world: "balancer",
-        with: { "switchyard:plugin/types.request": super::request::RequestHandle },
-    });
+/// Host-side bindings of every published interface version, side by side: a plugin
+/// built against any of them loads (as spin's `world` crate binds its platform
+/// versions). Each version is its own WIT package in `wit/`, never changed once published.
+pub mod bindings {
+    /// `switchyard:plugin@0.1.0` (`wit/v0.1.0`): the backend table is a bare
+    /// `list<u32>` of 5 fields per backend.
+    pub mod v0_1 {
+        /// World `balancer`.
+        pub mod balancer {
+            #![allow(missing_docs, missing_debug_implementations, clippy::all)]
+            wasmtime::component::bindgen!({
+                path: "../wit/v0.1.0",
+                world: "balancer",
+                with: { "switchyard:plugin/types.request": crate::plugin::request::RequestHandle },
+            });
+        }
+        /// World `router`, sharing `types` with [`balancer`].
+        pub mod router {
+            #![allow(missing_docs, missing_debug_implementations, clippy::all)]
+            wasmtime::component::bindgen!({
+                path: "../wit/v0.1.0",
+                world: "router",
+                with: { "switchyard:plugin/types": super::balancer::switchyard::plugin::types },
+            });
+        }
+    }
+
+    /// `switchyard:plugin@0.2.0` (`wit/v0.2.0`): the table says its stride, backends
+    /// carry an identity, the request its query.
+    pub mod v0_2 {
+        /// World `balancer`.
+        pub mod balancer {
+            #![allow(missing_docs, missing_debug_implementations, clippy::all)]
+            wasmtime::component::bindgen!({
+                path: "../wit/v0.2.0",
+                world: "balancer",
+                with: { "switchyard:plugin/types.request": crate::plugin::request::RequestHandle },
+            });
+        }
+        /// World `router`, sharing `types` with [`balancer`].
+        pub mod router {
+            #![allow(missing_docs, missing_debug_implementations, clippy::all)]
+            wasmtime::component::bindgen!({
+                path: "../wit/v0.2.0",
+                world: "router",
+                with: { "switchyard:plugin/types": super::balancer::switchyard::plugin::types },
+            });
+        }
+    }
 }
 
-/// Host-side bindings of world `router`, sharing the `types` interface with
-/// [`host_bindings`].
-pub mod router_bindings {
-    #![allow(missing_docs, missing_debug_implementations, clippy::all)]
-    wasmtime::component::bindgen!({
-        path: "../wit",
-        world: "router",
-        with: { "switchyard:plugin/types": super::host_bindings::switchyard::plugin::types },
-    });
-}
+use bindings::{v0_1, v0_2};
 
 /// Which world a plugin is loaded as.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -48,7 +90,7 @@ pub enum WorldKind {
 }
 
 impl WorldKind {
-    /// The world's name in `wit/plugin.wit`.
+    /// The world's name in the WIT.
     pub fn as_str(self) -> &'static str {
         match self {
             WorldKind::Balancer => "balancer",
@@ -57,17 +99,86 @@ impl WorldKind {
     }
 }
 
-/// A compiled component linked as one of the worlds.
+/// The interface version a plugin was built against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum AbiVersion {
+    /// `switchyard:plugin@0.1.0`.
+    V0_1,
+    /// `switchyard:plugin@0.2.0`.
+    V0_2,
+}
+
+impl AbiVersion {
+    /// Every version this host loads, oldest first.
+    pub const ALL: [AbiVersion; 2] = [AbiVersion::V0_1, AbiVersion::V0_2];
+
+    /// `0.1.0` or `0.2.0`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AbiVersion::V0_1 => "0.1.0",
+            AbiVersion::V0_2 => "0.2.0",
+        }
+    }
+
+    /// The version whose `types` interface is called `switchyard:plugin/types@VERSION`.
+    pub fn from_import(name: &str) -> Option<Result<AbiVersion, String>> {
+        let version = name.strip_prefix("switchyard:plugin/types@")?;
+        Some(
+            AbiVersion::ALL
+                .into_iter()
+                .find(|v| v.as_str() == version)
+                .ok_or_else(|| version.to_owned()),
+        )
+    }
+
+    /// `u32` values per backend in the table this version's plugins are given.
+    pub fn stride(self) -> usize {
+        match self {
+            AbiVersion::V0_1 => switchyard_plugin_sdk::abi::FIELDS_V0_1,
+            AbiVersion::V0_2 => switchyard_plugin_sdk::abi::FIELDS,
+        }
+    }
+}
+
+impl std::fmt::Display for AbiVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "switchyard:plugin@{}", self.as_str())
+    }
+}
+
+/// A compiled component linked as one of the worlds, in the version it was built for.
 #[derive(Clone)]
 #[allow(
     missing_debug_implementations,
     reason = "the generated pre-instances have no Debug; LoadedPlugin's Debug names the world"
 )]
 pub enum Linked {
-    /// A balancer.
-    Balancer(host_bindings::BalancerPre<PluginState>),
-    /// A router.
-    Router(router_bindings::RouterPre<PluginState>),
+    /// A 0.1.0 balancer.
+    BalancerV0_1(v0_1::balancer::BalancerPre<PluginState>),
+    /// A 0.2.0 balancer.
+    BalancerV0_2(v0_2::balancer::BalancerPre<PluginState>),
+    /// A 0.1.0 router.
+    RouterV0_1(v0_1::router::RouterPre<PluginState>),
+    /// A 0.2.0 router.
+    RouterV0_2(v0_2::router::RouterPre<PluginState>),
+}
+
+impl Linked {
+    /// The world it was linked as.
+    pub fn world(&self) -> WorldKind {
+        match self {
+            Linked::BalancerV0_1(_) | Linked::BalancerV0_2(_) => WorldKind::Balancer,
+            Linked::RouterV0_1(_) | Linked::RouterV0_2(_) => WorldKind::Router,
+        }
+    }
+
+    /// The interface version it was built against.
+    pub fn abi(&self) -> AbiVersion {
+        match self {
+            Linked::BalancerV0_1(_) | Linked::RouterV0_1(_) => AbiVersion::V0_1,
+            Linked::BalancerV0_2(_) | Linked::RouterV0_2(_) => AbiVersion::V0_2,
+        }
+    }
 }
 
 /// Everything that can go wrong with a plugin, tagged by what the operator should do.
@@ -104,9 +215,7 @@ pub enum PluginError {
         reason: String,
     },
     /// Imports something the host does not provide, or lacks an export of the world.
-    #[error(
-        "plugin `{name}` ({source_desc}) does not fit world `{world}` of switchyard:plugin@0.1.0: {reason}"
-    )]
+    #[error("plugin `{name}` ({source_desc}) does not fit world `{world}`: {reason}")]
     Link {
         /// Plugin name.
         name: String,
@@ -193,10 +302,17 @@ pub fn check_file(
         WorldKind::Balancer => {
             let balancer = PoolBalancer::new(std::sync::Arc::clone(&plugin), config, limits)?;
             let mut table = Vec::new();
-            for _ in 0..4 {
-                table.extend_from_slice(&[1, crate::pool::FLAG_HEALTHY, 0, 0, 0]);
+            let stride = plugin.abi().stride();
+            for i in 0..4 {
+                switchyard_plugin_sdk::abi::Row {
+                    weight: 1,
+                    healthy: true,
+                    id: i,
+                    ..Default::default()
+                }
+                .write(stride, &mut table);
             }
-            let choice = balancer.select(&mut header, &mut view, &table)?;
+            let choice = balancer.select(&mut header, &mut view, &mut table)?;
             let choice = choice.map_or("none (host fallback)".to_owned(), |i| {
                 format!("backend {i}")
             });
@@ -215,9 +331,10 @@ pub fn check_file(
         }
     };
     Ok(format!(
-        "{}: ok\n  world:   {} of switchyard:plugin@0.1.0 (exports {exports})\n  imports: only what the sandbox provides\n  sha256:  {}\n  size:    {} bytes\n  init:    ok with {settings} setting(s)\n  call:    {decision} in {} µs",
+        "{}: ok\n  world:   {} of {} (exports {exports})\n  imports: only what the sandbox provides\n  sha256:  {}\n  size:    {} bytes\n  init:    ok with {settings} setting(s)\n  call:    {decision} in {} µs",
         file.display(),
         world.as_str(),
+        plugin.abi(),
         plugin.sha256,
         bytes.len(),
         started.elapsed().as_micros()

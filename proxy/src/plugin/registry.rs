@@ -11,10 +11,9 @@ use std::sync::Arc;
 use std::time::SystemTime;
 use wasmtime::component::{Component, Linker};
 
-use super::host_bindings::BalancerPre;
-use super::router_bindings::RouterPre;
+use super::bindings::{v0_1, v0_2};
 use super::sandbox::{self, PluginEngine, PluginState};
-use super::{Linked, WorldKind};
+use super::{AbiVersion, Linked, WorldKind};
 use super::{PluginError, bundled};
 use crate::config::PluginCatalog;
 
@@ -55,10 +54,12 @@ pub struct LoadedPlugin {
 impl LoadedPlugin {
     /// The world it was linked as.
     pub fn world(&self) -> WorldKind {
-        match self.linked {
-            Linked::Balancer(_) => WorldKind::Balancer,
-            Linked::Router(_) => WorldKind::Router,
-        }
+        self.linked.world()
+    }
+
+    /// The interface version it was built against.
+    pub fn abi(&self) -> AbiVersion {
+        self.linked.abi()
     }
 }
 
@@ -119,10 +120,15 @@ impl PluginRegistry {
     ) -> wasmtime::Result<Self> {
         let mut linker = Linker::new(engine.engine());
         sandbox::add_wasi(&mut linker)?;
-        super::host_bindings::Balancer::add_to_linker::<
-            _,
-            wasmtime::component::HasSelf<PluginState>,
-        >(&mut linker, |s| s)?;
+        // Every version's `types` interface: a plugin imports the one it was built with.
+        v0_1::balancer::Balancer::add_to_linker::<_, wasmtime::component::HasSelf<PluginState>>(
+            &mut linker,
+            |s| s,
+        )?;
+        v0_2::balancer::Balancer::add_to_linker::<_, wasmtime::component::HasSelf<PluginState>>(
+            &mut linker,
+            |s| s,
+        )?;
         Ok(PluginRegistry {
             engine,
             linker,
@@ -188,17 +194,35 @@ impl PluginRegistry {
             world: world.as_str(),
             reason: first_lines(&e),
         };
+        // Linking first: an import the sandbox does not provide is the clearest reason a
+        // component cannot load, whatever interface version it was meant for.
         let instance_pre = self
             .linker
             .instantiate_pre(&component)
             .map_err(link_error)?;
-        let linked = match world {
-            WorldKind::Balancer => {
-                Linked::Balancer(BalancerPre::new(instance_pre).map_err(link_error)?)
+        let abi = self
+            .abi_of(&component)
+            .map_err(|reason| PluginError::Link {
+                name: name.to_owned(),
+                source_desc: source_desc.clone(),
+                world: world.as_str(),
+                reason,
+            })?;
+        let linked = match (world, abi) {
+            (WorldKind::Balancer, AbiVersion::V0_1) => Linked::BalancerV0_1(
+                v0_1::balancer::BalancerPre::new(instance_pre).map_err(link_error)?,
+            ),
+            (WorldKind::Balancer, AbiVersion::V0_2) => Linked::BalancerV0_2(
+                v0_2::balancer::BalancerPre::new(instance_pre).map_err(link_error)?,
+            ),
+            (WorldKind::Router, AbiVersion::V0_1) => {
+                Linked::RouterV0_1(v0_1::router::RouterPre::new(instance_pre).map_err(link_error)?)
             }
-            WorldKind::Router => Linked::Router(RouterPre::new(instance_pre).map_err(link_error)?),
+            (WorldKind::Router, AbiVersion::V0_2) => {
+                Linked::RouterV0_2(v0_2::router::RouterPre::new(instance_pre).map_err(link_error)?)
+            }
         };
-        tracing::info!(plugin = name, source = %source, sha256 = &sha256[..16], cache = cache.as_str(), "plugin loaded");
+        tracing::info!(plugin = name, source = %source, sha256 = &sha256[..16], cache = cache.as_str(), abi = abi.as_str(), "plugin loaded");
         Ok(Arc::new(LoadedPlugin {
             name: name.to_owned(),
             source,
@@ -208,6 +232,24 @@ impl PluginRegistry {
             engine: self.engine.clone(),
             linked,
         }))
+    }
+
+    /// The interface version a component was built against: the version of the
+    /// `switchyard:plugin/types` interface it imports.
+    fn abi_of(&self, component: &Component) -> Result<AbiVersion, String> {
+        let ty = component.component_type();
+        let mut found = ty
+            .imports(self.engine.engine())
+            .filter_map(|(name, _)| AbiVersion::from_import(name));
+        match found.next() {
+            Some(Ok(version)) => Ok(version),
+            Some(Err(unknown)) => Err(format!(
+                "it was built against switchyard:plugin@{unknown}, which this proxy ({}) does not know; it loads {}. Upgrade the proxy, or build the plugin with an SDK of a version it loads",
+                env!("CARGO_PKG_VERSION"),
+                AbiVersion::ALL.map(|v| v.as_str()).join(" and ")
+            )),
+            None => Err("it imports no switchyard:plugin/types interface, so it is not a Switchyard plugin; build it with switchyard-plugin-sdk".to_owned()),
+        }
     }
 
     /// Compiled code for `bytes`: from the cache when this engine compiled it before.

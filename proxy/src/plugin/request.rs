@@ -73,40 +73,78 @@ pub fn placeholder_header() -> RequestHeader {
     RequestHeader::build("GET", b"/", Some(0)).expect("`GET /` is a valid request line")
 }
 
-impl super::host_bindings::switchyard::plugin::types::Host for super::sandbox::PluginState {}
-
-impl super::host_bindings::switchyard::plugin::types::HostRequest for super::sandbox::PluginState {
-    fn method(&mut self, _: Resource<RequestHandle>) -> String {
-        self.request.header.method.as_str().to_owned()
+impl RequestSlot {
+    pub(crate) fn method(&self) -> String {
+        self.header.method.as_str().to_owned()
     }
 
-    fn host(&mut self, _: Resource<RequestHandle>) -> String {
-        self.request.view.host.clone()
+    pub(crate) fn query(&self) -> Option<String> {
+        self.header.uri.query().map(str::to_owned)
     }
 
-    fn path(&mut self, _: Resource<RequestHandle>) -> String {
-        self.request.view.path.clone()
+    pub(crate) fn client_addr(&self) -> String {
+        self.view.client.map(|a| a.to_string()).unwrap_or_default()
     }
 
-    fn client_addr(&mut self, _: Resource<RequestHandle>) -> String {
-        self.request
-            .view
-            .client
-            .map(|a| a.to_string())
-            .unwrap_or_default()
-    }
-
-    fn header(&mut self, _: Resource<RequestHandle>, name: String) -> Option<String> {
-        self.request
-            .header
+    pub(crate) fn header_value(&self, name: &str) -> Option<String> {
+        self.header
             .headers
-            .get(name.as_str())
+            .get(name)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned)
     }
-
-    fn drop(&mut self, _: Resource<RequestHandle>) -> wasmtime::Result<()> {
-        // The handle owns nothing: the slot is reused for the next call.
-        Ok(())
-    }
 }
+
+/// The `request` resource of each interface version, over the same slot.
+macro_rules! request_resource {
+    ($module:ident, $types:path $(, $extra:item)*) => {
+        mod $module {
+        use super::{RequestHandle, Resource};
+        use crate::plugin::sandbox::PluginState;
+        use $types as types;
+
+        impl types::Host for PluginState {}
+
+        impl types::HostRequest for PluginState {
+            fn method(&mut self, _: Resource<RequestHandle>) -> String {
+                self.request.method()
+            }
+
+            fn host(&mut self, _: Resource<RequestHandle>) -> String {
+                self.request.view.host.clone()
+            }
+
+            fn path(&mut self, _: Resource<RequestHandle>) -> String {
+                self.request.view.path.clone()
+            }
+
+            fn client_addr(&mut self, _: Resource<RequestHandle>) -> String {
+                self.request.client_addr()
+            }
+
+            fn header(&mut self, _: Resource<RequestHandle>, name: String) -> Option<String> {
+                self.request.header_value(&name)
+            }
+
+            $($extra)*
+
+            fn drop(&mut self, _: Resource<RequestHandle>) -> wasmtime::Result<()> {
+                // The handle owns nothing: the slot is reused for the next call.
+                Ok(())
+            }
+        }
+        }
+    };
+}
+
+request_resource!(
+    v0_1,
+    crate::plugin::bindings::v0_1::balancer::switchyard::plugin::types
+);
+request_resource!(
+    v0_2,
+    crate::plugin::bindings::v0_2::balancer::switchyard::plugin::types,
+    fn query(&mut self, _: Resource<RequestHandle>) -> Option<String> {
+        self.request.query()
+    }
+);
