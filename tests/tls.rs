@@ -36,14 +36,38 @@ fn common_name(s: &openssl::ssl::SslStream<TcpStream>) -> String {
 
 /// A minimal HTTPS backend: answers every request `200 ok-over-tls`, one per connection.
 fn tls_backend(cert: &std::path::Path, key: &std::path::Path) -> SocketAddr {
+    stoppable_tls_backend(cert, key).0
+}
+
+/// [`tls_backend`], and a switch that stops it: its port closes, as a process's would.
+fn stoppable_tls_backend(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicBool>) {
+    use std::sync::atomic::{AtomicBool, Ordering};
     let mut a = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls()).unwrap();
     a.set_certificate_chain_file(cert).unwrap();
     a.set_private_key_file(key, SslFiletype::PEM).unwrap();
     let acceptor = a.build();
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
     let addr = listener.local_addr().unwrap();
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let stopped = std::sync::Arc::clone(&stop);
     std::thread::spawn(move || {
-        for tcp in listener.incoming().flatten() {
+        let incoming = std::iter::from_fn(|| {
+            loop {
+                if stopped.load(Ordering::Relaxed) {
+                    return None;
+                }
+                match listener.accept() {
+                    Ok((tcp, _)) => return Some(tcp),
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        for tcp in incoming {
+            tcp.set_nonblocking(false).unwrap();
             let acceptor = acceptor.clone();
             std::thread::spawn(move || {
                 let Ok(mut s) = acceptor.accept(tcp) else {
@@ -64,7 +88,7 @@ fn tls_backend(cert: &std::path::Path, key: &std::path::Path) -> SocketAddr {
             });
         }
     });
-    addr
+    (addr, stop)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -290,4 +314,54 @@ async fn certificates_reload_live_and_check_names_a_key_that_does_not_match() {
     let (code, out, _) = proxy.ctl(&["config", "reload"]);
     assert_eq!(code, 1, "{out}");
     assert_eq!(served("second.test").await.unwrap(), "second.test");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_tls_pool_is_health_checked_over_tls() {
+    // Before, checks spoke plain HTTP to TLS backends: every one was marked down.
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new(dir.path(), "check-ca");
+    let leaf = ca.leaf(dir.path(), &["backend.test"]);
+    let (healthy, _) = stoppable_tls_backend(&leaf.cert, &leaf.key);
+    let (doomed, stop) = stoppable_tls_backend(&leaf.cert, &leaf.key);
+    let proxy = Proxy::start(
+        &format!(
+            "[[pools]]\nname = \"web\"\nbalancer = \"round-robin\"\nbackends = [{{ addr = \"{healthy}\" }}, {{ addr = \"{doomed}\" }}]\n\
+             tls = true\nsni = \"backend.test\"\nca_file = \"{}\"\n\
+             health_check = {{ kind = \"http\", path = \"/healthz\", interval = \"200ms\", rise = 1, fall = 2 }}\n",
+            ca.pem.display()
+        ),
+        &[],
+    );
+    let state = |addr: SocketAddr| {
+        let (_, out, _) = proxy.ctl(&["--json", "backends"]);
+        let reply: serde_json::Value = serde_json::from_str(&out).unwrap();
+        reply["backends"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|b| b["addr"] == addr.to_string())
+            .map(|b| b["state"].as_str().unwrap().to_owned())
+            .unwrap()
+    };
+    // Several intervals pass: both stay up, checked over TLS with the pool's CA and SNI.
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    assert_eq!(
+        (state(healthy), state(doomed)),
+        ("up".into(), "up".into()),
+        "{}",
+        proxy.log()
+    );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while state(doomed) != "down" {
+        assert!(
+            Instant::now() < deadline,
+            "the stopped backend was not marked down:\n{}",
+            proxy.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(state(healthy), "up");
+    assert_eq!(get(proxy.addr, "/").await.body, "ok-over-tls");
 }

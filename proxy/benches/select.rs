@@ -94,7 +94,8 @@ fn pool(registry: &PluginRegistry, balancer: &str, n: usize, native: bool) -> Po
         limits,
     )
     .unwrap();
-    let mut pool = Pool::new(&config.pools[0], balancer);
+    let telemetry = switchyard::telemetry::Telemetry::new().unwrap();
+    let mut pool = Pool::new(&config.pools[0], balancer, &telemetry);
     pool.native_selector = native;
     pool
 }

@@ -45,18 +45,6 @@ pub enum AdminError {
     },
 }
 
-/// Keeps the socket served; removes the socket file when dropped.
-#[derive(Debug)]
-pub struct AdminHandle {
-    path: PathBuf,
-}
-
-impl Drop for AdminHandle {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
-    }
-}
-
 /// This process's effective user id (the owner of `/proc/self`).
 pub fn euid() -> u32 {
     use std::os::unix::fs::MetadataExt;
@@ -106,89 +94,129 @@ pub fn check_owner(path: &Path) -> std::io::Result<()> {
     ))
 }
 
-/// Opens the socket at `path` and serves it on a thread of its own.
-pub fn start(control: Arc<Control>, path: &Path) -> Result<AdminHandle, AdminError> {
-    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
-    let io = |source| AdminError::Io {
-        path: path.to_owned(),
-        source,
-    };
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
-    if path == crate::config::default_admin_socket() {
-        if let Some(dir) = dir {
-            private_dir(dir).map_err(io)?;
-        }
-    } else if let Some(dir) = dir {
-        std::fs::create_dir_all(dir).map_err(io)?;
-        let shared = std::fs::metadata(dir).is_ok_and(|m| m.mode() & 0o002 != 0);
-        if shared {
-            tracing::warn!(socket = %path.display(), "the admin socket is in a directory every local user can write to; one of them could take the path first. Put it in a directory of the proxy's own");
-        }
+/// The admin socket: bound at start (so a problem stops the start, with its reason),
+/// served by a Pingora background service until the server shuts down.
+pub struct AdminSocket {
+    listener: parking_lot::Mutex<Option<std::os::unix::net::UnixListener>>,
+    control: Arc<Control>,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for AdminSocket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminSocket")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
     }
-    if path.exists() {
-        // A live socket belongs to a running proxy; a dead one is left over from a crash.
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            return Err(AdminError::InUse {
-                path: path.to_owned(),
-            });
+}
+
+impl AdminSocket {
+    /// Binds the socket at `path`: in a private directory if it is the default path;
+    /// refused while another proxy answers there.
+    pub fn bind(control: Arc<Control>, path: &Path) -> Result<Self, AdminError> {
+        use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+        let io = |source| AdminError::Io {
+            path: path.to_owned(),
+            source,
+        };
+        let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+        if path == crate::config::default_admin_socket() {
+            if let Some(dir) = dir {
+                private_dir(dir).map_err(io)?;
+            }
+        } else if let Some(dir) = dir {
+            std::fs::create_dir_all(dir).map_err(io)?;
+            let shared = std::fs::metadata(dir).is_ok_and(|m| m.mode() & 0o002 != 0);
+            if shared {
+                tracing::warn!(socket = %path.display(), "the admin socket is in a directory every local user can write to; one of them could take the path first. Put it in a directory of the proxy's own");
+            }
         }
-        std::fs::remove_file(path).map_err(io)?;
-    }
-    // Bind inside a private (0700) directory beside the target, make the socket 0600,
-    // then move it into place: at no moment can another user reach it.
-    let private = path.with_file_name(format!(".switchyard-admin-{}", std::process::id()));
-    std::fs::DirBuilder::new()
-        .mode(0o700)
-        .create(&private)
-        .map_err(io)?;
-    let staged = private.join("admin.sock");
-    let bound = std::os::unix::net::UnixListener::bind(&staged)
-        .and_then(|l| {
-            std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o600)).map(|()| l)
-        })
-        .and_then(|l| std::fs::rename(&staged, path).map(|()| l));
-    let _ = std::fs::remove_dir(&private);
-    let listener = bound.map_err(io)?;
-    listener.set_nonblocking(true).map_err(io)?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(io)?;
-    // SIGHUP reloads the configuration, as for nginx. Registered before start-up
-    // finishes: unhandled, SIGHUP would end the process.
-    let hangup = runtime
-        .block_on(async { tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) })
-        .map_err(io)?;
-    std::thread::Builder::new()
-        .name("switchyard-admin".into())
-        .spawn(move || {
-            runtime.block_on(async move {
-                tokio::spawn(reload_on_hangup(hangup, Arc::clone(&control)));
-                let listener = match tokio::net::UnixListener::from_std(listener) {
-                    Ok(l) => l,
-                    Err(e) => {
-                        tracing::error!(error = %e, "admin socket cannot be served");
-                        return;
-                    }
-                };
-                loop {
-                    match listener.accept().await {
-                        Ok((stream, _)) => {
-                            tokio::spawn(serve(stream, Arc::clone(&control)));
-                        }
-                        Err(e) => {
-                            tracing::warn!(error = %e, "admin socket accept failed");
-                            tokio::time::sleep(Duration::from_millis(100)).await;
-                        }
-                    }
-                }
+        if path.exists() {
+            // A live socket belongs to a running proxy; a dead one is left over from a crash.
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(AdminError::InUse {
+                    path: path.to_owned(),
+                });
+            }
+            std::fs::remove_file(path).map_err(io)?;
+        }
+        // Bind inside a private (0700) directory beside the target, make the socket 0600,
+        // then move it into place: at no moment can another user reach it.
+        let private = path.with_file_name(format!(".switchyard-admin-{}", std::process::id()));
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&private)
+            .map_err(io)?;
+        let staged = private.join("admin.sock");
+        let bound = std::os::unix::net::UnixListener::bind(&staged)
+            .and_then(|l| {
+                std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o600))
+                    .map(|()| l)
             })
+            .and_then(|l| std::fs::rename(&staged, path).map(|()| l));
+        let _ = std::fs::remove_dir(&private);
+        let listener = bound.map_err(io)?;
+        listener.set_nonblocking(true).map_err(io)?;
+        // SIGHUP reloads the configuration, as for nginx. Its handler is installed now:
+        // unhandled until the service starts, SIGHUP would end the process.
+        let installed = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .and_then(|rt| {
+                rt.block_on(async {
+                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+                })
+            })
+            .map_err(io)?;
+        // The handler stays installed; this stream's runtime does not, so the service
+        // listens again on its own.
+        drop(installed);
+        tracing::info!(socket = %path.display(), "admin socket ready");
+        Ok(AdminSocket {
+            listener: parking_lot::Mutex::new(Some(listener)),
+            control,
+            path: path.to_owned(),
         })
-        .map_err(io)?;
-    tracing::info!(socket = %path.display(), "admin socket ready");
-    Ok(AdminHandle {
-        path: path.to_owned(),
-    })
+    }
+}
+
+#[async_trait::async_trait]
+impl pingora::services::background::BackgroundService for AdminSocket {
+    async fn start(&self, mut shutdown: pingora::server::ShutdownWatch) {
+        let Some(listener) = self.listener.lock().take() else {
+            return;
+        };
+        let listener = match tokio::net::UnixListener::from_std(listener) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(error = %e, "admin socket cannot be served");
+                return;
+            }
+        };
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(hangup) => {
+                tokio::spawn(reload_on_hangup(hangup, Arc::clone(&self.control)));
+            }
+            Err(e) => tracing::error!(error = %e, "SIGHUP will not reload the configuration"),
+        }
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _)) => {
+                        tokio::spawn(serve(stream, Arc::clone(&self.control)));
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "admin socket accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                },
+                _ = shutdown.changed() => {
+                    let _ = std::fs::remove_file(&self.path);
+                    return;
+                }
+            }
+        }
+    }
 }
 
 async fn reload_on_hangup(mut hangup: tokio::signal::unix::Signal, control: Arc<Control>) {

@@ -251,7 +251,14 @@ fn check(path: &Path) -> ExitCode {
         }
     };
     // Everything `run` loads before it listens: plugins, CA files, certificates.
-    let loaded = switchyard::runtime::build_runtime(&config, &engine, None)
+    let telemetry = match switchyard::telemetry::Telemetry::new() {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: cannot register the metrics: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let loaded = switchyard::runtime::build_runtime(&config, &engine, &telemetry, None)
         .map_err(server::StartError::from)
         .and_then(|runtime| server::load_certificates(&config).map(|_| runtime));
     match loaded {

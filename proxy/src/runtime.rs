@@ -14,6 +14,7 @@ use crate::plugin::{
 };
 use crate::pool::Pool;
 use crate::router::Router;
+use crate::telemetry::Telemetry;
 
 /// Everything the data path reads, swapped whole on reload.
 #[derive(Debug)]
@@ -96,6 +97,7 @@ pub fn registry(config: &Config, engine: &PluginEngine) -> Result<PluginRegistry
 pub fn build_runtime(
     config: &Config,
     engine: &PluginEngine,
+    telemetry: &Telemetry,
     previous: Option<&Runtime>,
 ) -> Result<Runtime, BuildError> {
     let registry = registry(config, engine)?;
@@ -145,7 +147,7 @@ pub fn build_runtime(
         };
         match PoolBalancer::new(plugin, pool.balancer_config.clone(), pool.limits.clone()) {
             Ok(balancer) => {
-                let mut new = Pool::new(pool, balancer);
+                let mut new = Pool::new(pool, balancer, telemetry);
                 if let Some(path) = pool.tls.as_ref().and_then(|t| t.ca_file.as_ref()) {
                     match crate::tls::load_ca(path) {
                         Ok(ca) => new.ca = Some(ca),

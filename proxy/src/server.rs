@@ -10,13 +10,19 @@ use pingora::services::listening::Service;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use crate::admin::AdminSocket;
 use crate::config::{Config, ConfigErrors};
 use crate::connections::{Capped, ConnectionCaps};
 use crate::control::Control;
+use crate::health::HealthChecker;
+use crate::metrics::MetricsExporter;
 use crate::plugin::PluginEngine;
 use crate::proxy::Switchyard;
 use crate::runtime::{BuildError, build_runtime};
+use crate::shutdown::DrainThenExit;
+use crate::telemetry::Telemetry;
 use crate::tls::ListenerCertificates;
+use pingora::services::background::background_service;
 
 /// Why the proxy could not start (or a reload was rejected).
 #[derive(Debug, thiserror::Error)]
@@ -106,7 +112,11 @@ fn http_options(config: &Config) -> HttpServerOptions {
 pub fn run(config: Config) -> Result<(), StartError> {
     let open_files = crate::connections::raise_open_files_limit();
     let engine = PluginEngine::new().map_err(|e| StartError::Engine(format!("{e:#}")))?;
-    let runtime = build_runtime(&config, &engine, None)?;
+    let telemetry = Arc::new(
+        Telemetry::new()
+            .map_err(|e| StartError::Engine(format!("cannot register the metrics: {e}")))?,
+    );
+    let runtime = build_runtime(&config, &engine, &telemetry, None)?;
     let certificates = load_certificates(&config)?;
     check_binds(&config)?;
     for pool in &runtime.pools {
@@ -132,20 +142,23 @@ pub fn run(config: Config) -> Result<(), StartError> {
         &listeners,
     ));
     tracing::info!(max_connections = max, open_files, "connection limits");
-    crate::health::start(Arc::clone(&runtime))
-        .map_err(|e| StartError::Engine(format!("cannot start the health checker: {e}")))?;
     let control = Arc::new(Control::new(
         config.clone(),
         engine,
         Arc::clone(&runtime),
         certificates.clone(),
         Arc::clone(&caps),
+        Arc::clone(&telemetry),
     ));
-    if let Some(addr) = config.metrics {
-        crate::metrics::start(addr, Arc::clone(&control))
-            .map_err(|e| StartError::Admin(format!("metrics listener {addr}: {e}")))?;
-    }
-    let _admin = crate::admin::start(control, &config.admin.socket)
+    // Bound now, so that a socket or port already taken stops the start with its reason.
+    let metrics = config
+        .metrics
+        .map(|addr| {
+            MetricsExporter::bind(addr, Arc::clone(&control))
+                .map_err(|e| StartError::Bind(format!("metrics.listen {addr}: {e}")))
+        })
+        .transpose()?;
+    let admin = AdminSocket::bind(control, &config.admin.socket)
         .map_err(|e| StartError::Admin(e.to_string()))?;
     let mut tls_settings = Vec::new();
     for (listener, (_, store)) in config.proxy.tls.iter().zip(&certificates) {
@@ -154,8 +167,6 @@ pub fn run(config: Config) -> Result<(), StartError> {
         tls_settings.push((listener.listen, settings));
     }
     let grace = config.proxy.grace_period;
-    crate::shutdown::exit_when_drained_after_sigterm(grace, config.admin.socket.clone())
-        .map_err(|e| StartError::Admin(format!("cannot watch for SIGTERM: {e}")))?;
     let conf = ServerConf {
         threads: config.proxy.threads,
         work_stealing: config.proxy.work_stealing,
@@ -167,7 +178,17 @@ pub fn run(config: Config) -> Result<(), StartError> {
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
-    let mut proxy = pingora::proxy::http_proxy(&server.configuration, Switchyard::new(runtime));
+    // Background work starts and stops with the server.
+    let checker = HealthChecker::new(Arc::clone(&runtime));
+    server.add_service(background_service("health checks", checker));
+    if let Some(metrics) = metrics {
+        server.add_service(background_service("metrics", metrics));
+    }
+    server.add_service(background_service("admin socket", admin));
+    let drain = DrainThenExit::new(grace, config.admin.socket.clone(), Arc::clone(&telemetry));
+    server.add_service(background_service("drain then exit", drain));
+    let mut proxy =
+        pingora::proxy::http_proxy(&server.configuration, Switchyard::new(runtime, telemetry));
     proxy.server_options = Some(http_options(&config));
     let mut service = Service::new("switchyard".to_owned(), Capped::new(proxy, caps));
     let buffers = || L4BufferSettings::new(L4_READ_BUFFER, DEFAULT_L4_WRITE_BUFFER_SIZE);

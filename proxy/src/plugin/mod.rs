@@ -19,13 +19,15 @@ pub mod registry;
 pub mod request;
 pub mod router;
 pub mod sandbox;
+pub mod state;
 pub mod worlds;
 
 pub use failure::FailureKind;
 pub use instance::{PluginInstance, PoolBalancer, RouterInstance};
 pub use registry::{LoadedPlugin, PluginRegistry, PluginSource};
 pub use router::RouteDecision;
-pub use sandbox::{Allocator, PluginEngine, PluginState};
+pub use sandbox::{Allocator, PluginEngine};
+pub use state::PluginState;
 
 /// Host-side bindings of every published interface version, side by side: a plugin
 /// built against any of them loads (as spin's `world` crate binds its platform

@@ -12,7 +12,8 @@ use std::time::SystemTime;
 use wasmtime::component::{Component, Linker};
 
 use super::bindings::{v0_1, v0_2};
-use super::sandbox::{self, PluginEngine, PluginState};
+use super::sandbox::{self, PluginEngine};
+use super::state::PluginState;
 use super::{AbiVersion, Linked, WorldKind};
 use super::{PluginError, bundled};
 use crate::config::PluginCatalog;

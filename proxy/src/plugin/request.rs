@@ -8,7 +8,6 @@
 
 use pingora::http::RequestHeader;
 use std::net::SocketAddr;
-use wasmtime::component::Resource;
 
 /// Marker type of the `request` resource; the slot holds the data.
 #[derive(Debug)]
@@ -94,57 +93,3 @@ impl RequestSlot {
             .map(str::to_owned)
     }
 }
-
-/// The `request` resource of each interface version, over the same slot.
-macro_rules! request_resource {
-    ($module:ident, $types:path $(, $extra:item)*) => {
-        mod $module {
-        use super::{RequestHandle, Resource};
-        use crate::plugin::sandbox::PluginState;
-        use $types as types;
-
-        impl types::Host for PluginState {}
-
-        impl types::HostRequest for PluginState {
-            fn method(&mut self, _: Resource<RequestHandle>) -> String {
-                self.request.method()
-            }
-
-            fn host(&mut self, _: Resource<RequestHandle>) -> String {
-                self.request.view.host.clone()
-            }
-
-            fn path(&mut self, _: Resource<RequestHandle>) -> String {
-                self.request.view.path.clone()
-            }
-
-            fn client_addr(&mut self, _: Resource<RequestHandle>) -> String {
-                self.request.client_addr()
-            }
-
-            fn header(&mut self, _: Resource<RequestHandle>, name: String) -> Option<String> {
-                self.request.header_value(&name)
-            }
-
-            $($extra)*
-
-            fn drop(&mut self, _: Resource<RequestHandle>) -> wasmtime::Result<()> {
-                // The handle owns nothing: the slot is reused for the next call.
-                Ok(())
-            }
-        }
-        }
-    };
-}
-
-request_resource!(
-    v0_1,
-    crate::plugin::bindings::v0_1::balancer::switchyard::plugin::types
-);
-request_resource!(
-    v0_2,
-    crate::plugin::bindings::v0_2::balancer::switchyard::plugin::types,
-    fn query(&mut self, _: Resource<RequestHandle>) -> Option<String> {
-        self.request.query()
-    }
-);

@@ -15,14 +15,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
+use wasmtime::Engine;
 use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
-use wasmtime::{Engine, StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::cli::WasiCliView as _;
 use wasmtime_wasi::clocks::WasiClocksView as _;
 use wasmtime_wasi::filesystem::WasiFilesystemView as _;
 use wasmtime_wasi::p2::bindings::sync::io::{poll as sync_poll, streams as sync_streams};
 use wasmtime_wasi::p2::bindings::{cli, clocks, filesystem, random, sync as wasi_sync};
-use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_io::bindings::wasi::io::poll::{
     Host as AsyncPoll, HostPollable as AsyncPollable,
 };
@@ -32,8 +31,7 @@ use wasmtime_wasi_io::bindings::wasi::io::streams::{
 use wasmtime_wasi_io::poll::DynPollable;
 use wasmtime_wasi_io::streams::{DynInputStream, DynOutputStream, StreamError, StreamResult};
 
-use super::output::PluginOutput;
-use super::request::RequestSlot;
+use super::state::PluginState;
 
 /// How often the epoch advances. A call's deadline is a whole number of ticks, so a
 /// call runs for at least its budget and at most one tick more.
@@ -140,61 +138,6 @@ pub enum Allocator {
         /// Largest linear memory of one instance.
         memory_bytes: u64,
     },
-}
-
-/// Per-instance host state.
-pub struct PluginState {
-    wasi: WasiCtx,
-    table: ResourceTable,
-    pub(crate) limits: StoreLimits,
-    /// The request of the call in progress.
-    pub(crate) request: RequestSlot,
-}
-
-impl std::fmt::Debug for PluginState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PluginState").finish_non_exhaustive()
-    }
-}
-
-impl PluginState {
-    /// Fresh state for one instance: no files, no environment, no
-    /// arguments, no sockets; stdout and stderr go to the log.
-    /// `output` is shared by all instances of one plugin use, so its rate limit holds
-    /// across the fresh instances that replace trapped ones.
-    pub fn new(output: &PluginOutput, memory_bytes: u64) -> Self {
-        let wasi = WasiCtx::builder()
-            .stdout(output.stream("stdout"))
-            .stderr(output.stream("stderr"))
-            .allow_tcp(false)
-            .allow_udp(false)
-            .allow_ip_name_lookup(false)
-            .build();
-        let memory = usize::try_from(memory_bytes).unwrap_or(usize::MAX);
-        let limits = StoreLimitsBuilder::new()
-            .memory_size(memory)
-            .table_elements(100_000)
-            .instances(32)
-            .tables(32)
-            .memories(8)
-            .trap_on_grow_failure(false)
-            .build();
-        PluginState {
-            wasi,
-            table: ResourceTable::new(),
-            limits,
-            request: RequestSlot::default(),
-        }
-    }
-}
-
-impl WasiView for PluginState {
-    fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView {
-            ctx: &mut self.wasi,
-            table: &mut self.table,
-        }
-    }
 }
 
 /// Adds the WASI interfaces a plugin may import. Sockets are not linked at all: a

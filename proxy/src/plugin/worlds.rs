@@ -7,7 +7,7 @@ use wasmtime::component::Resource;
 
 use super::bindings::{v0_1, v0_2};
 use super::request::RequestHandle;
-use super::sandbox::PluginState;
+use super::state::PluginState;
 use super::{Linked, LoadedPlugin};
 
 /// A plugin world the host can instantiate.

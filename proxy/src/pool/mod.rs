@@ -1,12 +1,20 @@
-//! A pool of backends: their live numbers, the plugin that balances them, and the
-//! native round-robin fallback used when the plugin fails.
+//! A pool of backends: which of them a request may use, the plugin that balances them,
+//! the native round-robin fallback used when the plugin fails, the retry budget, and
+//! what each finished request teaches (in-flight counts, latency, failure streaks).
+
+mod backend;
+mod outlier;
+mod retry_budget;
+
+pub use backend::Backend;
+pub use retry_budget::RetryBudget;
 
 use arc_swap::ArcSwap;
 use pingora::http::RequestHeader;
+use pingora::upstreams::peer::HttpPeer;
 use std::cell::RefCell;
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::config::{
@@ -15,157 +23,8 @@ use crate::config::{
 };
 use crate::plugin::request::RequestView;
 use crate::plugin::{PluginError, PoolBalancer};
+use crate::telemetry::{PoolTelemetry, Telemetry};
 use switchyard_plugin_sdk::abi::Row;
-
-/// Decay time of the host's latency estimate (the one shown to every plugin).
-const HOST_EWMA_DECAY: Duration = Duration::from_secs(10);
-
-/// Peak-EWMA of response times: jumps up to a slower sample at once, decays toward
-/// faster ones with time constant τ.
-///
-/// ```text
-/// w = exp(−Δt / τ);  est' = rtt if rtt > est, else est·w + rtt·(1 − w)
-/// ```
-#[derive(Debug)]
-struct PeakEwma {
-    estimate_us: f64,
-    updated: Instant,
-}
-
-impl PeakEwma {
-    fn observe(&mut self, rtt: Duration, now: Instant) -> f64 {
-        let rtt_us = rtt.as_secs_f64() * 1e6;
-        if self.estimate_us == 0.0 || rtt_us > self.estimate_us {
-            self.estimate_us = rtt_us;
-        } else {
-            let elapsed = now.saturating_duration_since(self.updated).as_secs_f64();
-            let w = (-elapsed / HOST_EWMA_DECAY.as_secs_f64()).exp();
-            self.estimate_us = self.estimate_us * w + rtt_us * (1.0 - w);
-        }
-        self.updated = now;
-        self.estimate_us
-    }
-}
-
-/// One backend and its live numbers, shared by all proxy threads.
-#[derive(Debug)]
-pub struct Backend {
-    /// Address requests are sent to.
-    pub addr: SocketAddr,
-    /// Identity shown to plugins: a hash of the address (`switchyard_plugin_sdk::abi::backend_id`).
-    pub id: u64,
-    weight: AtomicU32,
-    /// Set by `ctl weight`: a configuration reload keeps it rather than the file's.
-    weight_set_at_run_time: AtomicBool,
-    /// Serves only while no primary is up.
-    pub backup: bool,
-    draining: AtomicBool,
-    /// Health-check verdict; up until checks say otherwise.
-    up: AtomicBool,
-    /// Passes (positive) or failures (negative) in a row.
-    check_streak: Mutex<i32>,
-    /// End of the current outlier ejection, in ms since [`CLOCK_BASE`]; 0: never ejected.
-    /// An atomic, not a lock: it is read for every backend on every request.
-    ejected_until_ms: AtomicU64,
-    /// Ejections so far; each doubles the next one.
-    ejections: AtomicU32,
-    in_flight: AtomicU32,
-    latency_us: AtomicU32,
-    recent_failures: AtomicU32,
-    served: AtomicU64,
-    ewma: Mutex<PeakEwma>,
-}
-
-impl Backend {
-    fn new(addr: SocketAddr, weight: u32, backup: bool) -> Self {
-        Backend {
-            addr,
-            id: switchyard_plugin_sdk::abi::backend_id(&addr.to_string()),
-            weight: AtomicU32::new(weight),
-            weight_set_at_run_time: AtomicBool::new(false),
-            backup,
-            draining: AtomicBool::new(false),
-            up: AtomicBool::new(true),
-            check_streak: Mutex::new(0),
-            ejected_until_ms: AtomicU64::new(0),
-            ejections: AtomicU32::new(0),
-            in_flight: AtomicU32::new(0),
-            latency_us: AtomicU32::new(0),
-            recent_failures: AtomicU32::new(0),
-            served: AtomicU64::new(0),
-            ewma: Mutex::new(PeakEwma {
-                estimate_us: 0.0,
-                updated: Instant::now(),
-            }),
-        }
-    }
-
-    /// Current weight (configured, or set at run time).
-    pub fn weight(&self) -> u32 {
-        self.weight.load(Ordering::Relaxed)
-    }
-
-    /// Changes the weight at run time (at least 1); reloads keep it.
-    pub fn set_weight(&self, weight: u32) {
-        self.weight.store(weight.max(1), Ordering::Relaxed);
-        self.weight_set_at_run_time.store(true, Ordering::Relaxed);
-    }
-
-    /// True when the weight was set at run time rather than by the configuration.
-    pub fn weight_set_at_run_time(&self) -> bool {
-        self.weight_set_at_run_time.load(Ordering::Relaxed)
-    }
-
-    /// Up by the health checks and not ejected by outlier detection.
-    pub fn is_up(&self) -> bool {
-        self.up.load(Ordering::Relaxed) && !self.is_ejected()
-    }
-
-    /// True while outlier detection keeps the backend out.
-    pub fn is_ejected(&self) -> bool {
-        // Only a backend ever ejected pays for reading the clock.
-        let until = self.ejected_until_ms.load(Ordering::Relaxed);
-        until != 0 && until > millis_since_base(Instant::now())
-    }
-
-    /// `draining`, `ejected`, `down` or `up`, as the admin socket reports it.
-    pub fn state(&self) -> &'static str {
-        if self.is_draining() {
-            "draining"
-        } else if self.is_ejected() {
-            "ejected"
-        } else if self.is_up() {
-            "up"
-        } else {
-            "down"
-        }
-    }
-
-    /// True while draining: no new requests, in-flight ones finish.
-    pub fn is_draining(&self) -> bool {
-        self.draining.load(Ordering::Relaxed)
-    }
-
-    /// Starts or stops draining.
-    pub fn set_draining(&self, draining: bool) {
-        self.draining.store(draining, Ordering::Relaxed);
-    }
-
-    /// Requests in flight now.
-    pub fn in_flight(&self) -> u32 {
-        self.in_flight.load(Ordering::Relaxed)
-    }
-
-    /// Requests finished on this backend.
-    pub fn served(&self) -> u64 {
-        self.served.load(Ordering::Relaxed)
-    }
-
-    /// Host-measured peak-EWMA latency in µs (0 before the first response).
-    pub fn latency_us(&self) -> u32 {
-        self.latency_us.load(Ordering::Relaxed)
-    }
-}
 
 /// Runs `f`, when `slow`, through `block_in_place`: a plugin that has been running out
 /// its budget would otherwise hold the worker thread, and every request queued on it,
@@ -179,13 +38,6 @@ fn off_the_worker_if<R>(slow: bool, f: impl FnOnce() -> R) -> R {
     } else {
         f()
     }
-}
-
-/// Origin of the millisecond clock the ejection deadlines are stored in.
-static CLOCK_BASE: once_cell::sync::Lazy<Instant> = once_cell::sync::Lazy::new(Instant::now);
-
-fn millis_since_base(t: Instant) -> u64 {
-    u64::try_from(t.saturating_duration_since(*CLOCK_BASE).as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Which backends a request may use (see [`Pool::tier`]).
@@ -261,13 +113,13 @@ pub struct Pool {
     pub ca: Option<Arc<Box<[openssl::x509::X509]>>>,
     /// HTTP version towards the backends.
     pub protocol: UpstreamProtocol,
-    retry_budget_percent: u32,
+    /// This pool's counters.
+    pub telemetry: PoolTelemetry,
+    /// Retries in flight allowed, against requests in flight.
+    pub retry_budget: RetryBudget,
     /// Skip the plugin and choose with the native round-robin: the baseline that
     /// isolates what a Wasm decision costs (`SWITCHYARD_NATIVE_SELECTOR=1`).
     pub native_selector: bool,
-    /// Requests of this pool in flight, and how many of them are retrying.
-    active_requests: AtomicU32,
-    active_retries: AtomicU32,
     fallback_cursor: AtomicUsize,
 }
 
@@ -277,9 +129,12 @@ thread_local! {
 }
 
 impl Pool {
-    /// A pool from its configuration and an initialised balancer.
-    pub fn new(config: &PoolConfig, balancer: PoolBalancer) -> Self {
+    /// A pool from its configuration and an initialised balancer, counting in
+    /// `telemetry`.
+    pub fn new(config: &PoolConfig, balancer: PoolBalancer, telemetry: &Telemetry) -> Self {
+        let addrs: Vec<_> = config.backends.iter().map(|b| b.addr).collect();
         Pool {
+            telemetry: telemetry.pool(&config.name, &addrs),
             name: config.name.clone(),
             backends: config
                 .backends
@@ -297,40 +152,11 @@ impl Pool {
             tls: config.tls.clone(),
             ca: None,
             protocol: config.protocol,
-            retry_budget_percent: config.retry_budget_percent,
+            retry_budget: RetryBudget::new(config.retry_budget_percent),
             native_selector: std::env::var_os("SWITCHYARD_NATIVE_SELECTOR")
                 .is_some_and(|v| v == "1"),
-            active_requests: AtomicU32::new(0),
-            active_retries: AtomicU32::new(0),
             fallback_cursor: AtomicUsize::new(0),
         }
-    }
-
-    /// A request entered the pool; [`Pool::request_ended`] must follow.
-    pub fn request_started(&self) {
-        self.active_requests.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// A request left the pool; `retried` if it had been granted a retry.
-    pub fn request_ended(&self, retried: bool) {
-        self.active_requests.fetch_sub(1, Ordering::Relaxed);
-        if retried {
-            self.active_retries.fetch_sub(1, Ordering::Relaxed);
-        }
-    }
-
-    /// Grants a request its first retry if the retry budget allows: retries in flight
-    /// stay at most `max(MIN_RETRY_CONCURRENCY, retry_budget_percent × requests in
-    /// flight / 100)`, so a failing pool cannot multiply its own load (Envoy's budget).
-    pub fn grant_retry(&self) -> bool {
-        let active = self.active_requests.load(Ordering::Relaxed);
-        let limit = (active.saturating_mul(self.retry_budget_percent) / 100)
-            .max(crate::config::MIN_RETRY_CONCURRENCY);
-        self.active_retries
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
-                (n < limit).then_some(n + 1)
-            })
-            .is_ok()
     }
 
     /// Carries over, per address, what `old` knew: a configuration reload must not undo
@@ -348,93 +174,41 @@ impl Pool {
         }
     }
 
-    /// Ejects backend `i` after `consecutive_failures` failures in a row, for
-    /// `base_ejection × 2^(earlier ejections)` up to `max_ejection`, unless that would
-    /// put more than `max_ejected_percent` of the pool out at once.
-    fn maybe_eject(&self, i: usize, streak: u32) {
-        let (Some(od), Some(b)) = (&self.outlier_detection, self.backends.get(i)) else {
-            return;
-        };
-        if streak < od.consecutive_failures || b.is_ejected() {
-            return;
-        }
-        let ejected = self.backends.iter().filter(|o| o.is_ejected()).count();
-        if (ejected + 1) * 100 > self.backends.len() * od.max_ejected_percent as usize {
-            return;
-        }
-        let earlier = b.ejections.fetch_add(1, Ordering::Relaxed);
-        let time = od
-            .base_ejection
-            .saturating_mul(1 << earlier.min(16))
-            .min(od.max_ejection);
-        // Validation bounds ejections to 30 days; checked all the same, since an
-        // overflowing `Instant` would panic on the request path.
-        let until = Instant::now()
-            .checked_add(time)
-            .map_or(u64::MAX, millis_since_base);
-        b.ejected_until_ms.store(until.max(1), Ordering::Relaxed);
-        b.recent_failures.store(0, Ordering::Relaxed);
-        tracing::warn!(pool = %self.name, backend = %b.addr, failures = streak, for_ = ?time, "backend ejected by outlier detection");
-    }
-
-    /// Lowers a backend's ejection count by one for each `base_ejection` it has served
-    /// well since its last ejection ended (Envoy's decay), so an ejection long ago no
-    /// longer doubles the next one.
-    fn decay_ejections(&self, b: &Backend) {
-        let Some(od) = &self.outlier_detection else {
-            return;
-        };
-        if b.ejections.load(Ordering::Relaxed) == 0 {
-            return;
-        }
-        let until = b.ejected_until_ms.load(Ordering::Relaxed);
-        let now = millis_since_base(Instant::now());
-        let step = u64::try_from(od.base_ejection.as_millis()).unwrap_or(u64::MAX);
-        // The CAS makes one of several concurrent responses take the step.
-        if until != 0
-            && now >= until.saturating_add(step)
-            && b.ejected_until_ms
-                .compare_exchange(until, now.max(1), Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-        {
-            let _ = b
-                .ejections
-                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
-        }
-    }
-
-    /// Records a health check of backend `i`: `rise` passes in a row bring it up, `fall`
-    /// failures in a row take it down. Returns the new state when it changed.
+    /// Records a health check of backend `i` (see [`Backend::record_check`]). Returns
+    /// the new state when it changed.
     pub fn record_check(&self, i: usize, passed: bool, detail: &str) -> Option<bool> {
         let (hc, b) = (self.health_check.as_ref()?, self.backends.get(i)?);
-        let mut streak = b
-            .check_streak
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        *streak = match (*streak, passed) {
-            (n, true) if n >= 0 => n.saturating_add(1),
-            (_, true) => 1,
-            (n, false) if n <= 0 => n.saturating_sub(1),
-            (_, false) => -1,
-        };
-        let was_up = b.up.load(Ordering::Relaxed);
-        let now_up = if was_up {
-            *streak > -(hc.fall as i32)
-        } else {
-            *streak >= hc.rise as i32
-        };
-        if now_up == was_up {
-            return None;
-        }
-        b.up.store(now_up, Ordering::Relaxed);
-        if now_up {
-            // Back in service with a clean slate: plugins see no failure streak.
-            b.recent_failures.store(0, Ordering::Relaxed);
+        let changed = b.record_check(passed, hc.rise, hc.fall)?;
+        if changed {
             tracing::info!(pool = %self.name, backend = %b.addr, "backend up: health checks pass again");
         } else {
             tracing::warn!(pool = %self.name, backend = %b.addr, detail, "backend down: health checks fail");
         }
-        Some(now_up)
+        Some(changed)
+    }
+
+    /// The peer for backend `index`, with the pool's timeouts, TLS and protocol: what
+    /// requests and health checks connect to.
+    pub fn peer(&self, index: usize) -> Option<HttpPeer> {
+        let backend = self.backends.get(index)?;
+        let tls = self.tls.as_ref();
+        let sni = tls.map_or_else(String::new, |t| t.sni.clone());
+        let mut peer = HttpPeer::new(backend.addr, tls.is_some(), sni);
+        let options = &mut peer.options;
+        options.connection_timeout = Some(self.connect_timeout);
+        options.read_timeout = Some(self.timeouts.read);
+        options.write_timeout = Some(self.timeouts.write);
+        options.idle_timeout = Some(self.timeouts.idle);
+        if let Some(tls) = tls {
+            options.verify_cert = tls.verify;
+            options.verify_hostname = tls.verify && !tls.sni.is_empty();
+            options.ca = self.ca.clone();
+        }
+        match self.protocol {
+            UpstreamProtocol::Http1 => options.set_http_version(1, 1),
+            UpstreamProtocol::Http2 => options.set_http_version(2, 2),
+        }
+        Some(peer)
     }
 
     /// The backend at `addr` (as written, e.g. `127.0.0.1:3001`).
@@ -574,21 +348,24 @@ impl Pool {
         let Some(b) = self.backends.get(i) else {
             return;
         };
+        let now = Instant::now();
         b.in_flight.fetch_sub(1, Ordering::Relaxed);
         b.served.fetch_add(1, Ordering::Relaxed);
         if status == 0 || status >= 500 {
             let streak = b.recent_failures.fetch_add(1, Ordering::Relaxed) + 1;
-            self.maybe_eject(i, streak);
+            if let Some(od) = &self.outlier_detection
+                && let Some(time) = outlier::maybe_eject(od, &self.backends, i, streak, now)
+            {
+                tracing::warn!(pool = %self.name, backend = %b.addr, failures = streak, for_ = ?time, "backend ejected by outlier detection");
+            }
         } else {
             b.recent_failures.store(0, Ordering::Relaxed);
-            self.decay_ejections(b);
+            if let Some(od) = &self.outlier_detection {
+                outlier::decay(od, b, now);
+            }
         }
         if status != 0 {
-            let estimate = b
-                .ewma
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .observe(latency, Instant::now());
+            let estimate = b.ewma.lock().observe(latency, now);
             b.latency_us
                 .store(estimate.min(f64::from(u32::MAX)) as u32, Ordering::Relaxed);
         }
@@ -600,23 +377,5 @@ impl Pool {
         }) {
             tracing::warn!(pool = %self.name, error = %e, "plugin failed in on-response");
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn peak_ewma_jumps_up_and_decays_down() {
-        let t0 = Instant::now();
-        let mut e = PeakEwma {
-            estimate_us: 0.0,
-            updated: t0,
-        };
-        assert_eq!(e.observe(Duration::from_millis(5), t0), 5000.0);
-        assert_eq!(e.observe(Duration::from_millis(80), t0), 80_000.0);
-        let later = e.observe(Duration::from_millis(5), t0 + HOST_EWMA_DECAY);
-        assert!((30_000.0..35_000.0).contains(&later), "{later}");
     }
 }
