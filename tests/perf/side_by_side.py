@@ -1,15 +1,29 @@
 #!/usr/bin/env python3
-"""Side-by-side load benchmark: Switchyard (each bundled plugin, and the native selector
-that isolates the Wasm cost), nginx and HAProxy (round-robin and least-connections),
-and no proxy at all, in front of the same fast upstream, driven by wrk on loopback.
+"""Side-by-side load benchmark: Switchyard (each bundled plugin, the native selector that
+isolates the Wasm cost, the access log on), the bare Pingora it is built on, nginx and
+HAProxy, and no proxy at all, in front of the same fast upstream, driven by wrk on
+loopback.
 
-    python3 tests/perf/side_by_side.py            # about 6 minutes after the build
-    python3 tests/perf/side_by_side.py --duration 3 --rounds 1   # a quick look
+    python3 tests/perf/side_by_side.py              # about 4 minutes after the build
+    python3 tests/perf/side_by_side.py --headline   # 1 worker, 16 connections only: 2 minutes
+    python3 tests/perf/side_by_side.py --rounds 1   # a quick look
 
-Every system gets the same port, worker count (one per core) and keep-alive to the
-upstream; the systems are interleaved and the whole set repeated (--rounds) so noise
-shows. Writes results.json, results.md (a table with ratios to nginx and to the direct
-connection) and chart.svg to --out (default: <target dir>/perf).
+The headline is the proxy's CPU per request: utime + stime of its whole process tree
+(from /proc) over the run, divided by the requests wrk completed. It is shown beside
+req/s, and as ratios to bare Pingora (`bare-pingora`: a 30-line `ProxyHttp` built from
+this workspace's lock file, so the same Pingora, tokio and OpenSSL) and to nginx.
+
+Scenarios: one worker and 16 connections with every system (the headline), then one
+worker with 256 connections and all cores with 16 and 256 connections for the core
+systems. Systems are interleaved within a round and the rounds repeated; a system's
+figure is its best round (highest req/s, lowest CPU/request; latencies are medians), as
+noise on a shared machine only ever makes a run slower.
+
+`--baseline NAME=PATH` adds another Switchyard binary (an older build, say) as a system
+in the same run, so a change is measured as a same-run pair; `--bare-baseline NAME=PATH`
+does the same for a bare-pingora binary (built without a vendor patch, say).
+
+Writes results.json, results.md and chart.svg to --out (default: <target dir>/perf).
 """
 
 import argparse
@@ -36,6 +50,12 @@ done = function(summary, latency, requests)
     latency:percentile(50), latency:percentile(99), latency:percentile(99.9)))
 end
 """
+
+# The reference rows of the ratios.
+BARE = "bare-pingora"
+NGINX = "nginx-roundrobin"
+# Systems of the scenarios beyond the headline.
+CORE = ["direct", BARE, "switchyard-round-robin", NGINX, "haproxy-roundrobin"]
 
 
 def log(msg):
@@ -103,15 +123,35 @@ def process_tree(pid):
 
 
 def cpu_seconds(pids):
+    """(user, system) CPU seconds of pids."""
     ticks = os.sysconf("SC_CLK_TCK")
-    total = 0
+    user = system = 0
     for p in pids:
         try:
             fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])
+            user += int(fields[11])
+            system += int(fields[12])
         except OSError:
             pass
-    return total / ticks
+    return user / ticks, system / ticks
+
+
+def context_switches(pids):
+    """Voluntary + involuntary context switches of every thread of pids."""
+    total = 0
+    for p in pids:
+        try:
+            tasks = list(Path(f"/proc/{p}/task").iterdir())
+        except OSError:
+            continue
+        for t in tasks:
+            try:
+                for line in (t / "status").read_text().splitlines():
+                    if line.startswith(("voluntary_ctxt_switches:", "nonvoluntary_ctxt_switches:")):
+                        total += int(line.split()[1])
+            except OSError:
+                pass
+    return total
 
 
 def peak_rss_mib(pids):
@@ -126,21 +166,19 @@ def peak_rss_mib(pids):
     return total / 1024
 
 
-class System:
-    def __init__(self, name, start):
-        self.name = name
-        self.start = start  # (port, workdir) -> Popen or None
-
-
-def switchyard_system(binary, balancer, upstreams, threads, native=False):
-    def start(port, work):
+def switchyard_system(binary, balancer, upstreams, native=False, log_file=False):
+    def start(port, work, threads):
         d = Path(tempfile.mkdtemp(dir=work))
         backends = ", ".join(f'{{ addr = "{u}" }}' for u in upstreams)
+        # log_file: True writes JSON lines to access_log_path, "stderr" to stderr (itself
+        # a file here), which is all a build from before access_log_path could do.
+        access = {True: f'access_log = "json"\naccess_log_path = "{d}/access.log"',
+                  "stderr": 'access_log = "json"'}.get(log_file, 'access_log = "off"')
         (d / "switchyard.toml").write_text(
-            f'[proxy]\nlisten = ["127.0.0.1:{port}"]\nthreads = {threads}\naccess_log = "off"\n\n'
+            f'[proxy]\nlisten = ["127.0.0.1:{port}"]\nthreads = {threads}\n{access}\n\n'
             f'[plugins]\ncache_dir = "{work}/plugin-cache"\n\n[admin]\nsocket = "{d}/admin.sock"\n\n'
             f'[[pools]]\nname = "up"\nbalancer = "{balancer}"\nbackends = [{backends}]\n')
-        env = {**os.environ, "RUST_LOG": "warn"}
+        env = {**os.environ, "RUST_LOG": "info" if log_file else "warn"}
         if native:
             env["SWITCHYARD_NATIVE_SELECTOR"] = "1"
         return subprocess.Popen([binary, "run", "--config", d / "switchyard.toml"], env=env,
@@ -148,10 +186,18 @@ def switchyard_system(binary, balancer, upstreams, threads, native=False):
     return start
 
 
-def nginx_system(method, upstreams, threads):
-    def start(port, work):
+def bare_system(binary, upstreams):
+    def start(port, work, threads):
+        return subprocess.Popen([binary, f"127.0.0.1:{port}", str(threads), *upstreams],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return start
+
+
+def nginx_system(method, upstreams, log_file=False):
+    def start(port, work, threads):
         d = Path(tempfile.mkdtemp(dir=work))
         servers = "\n".join(f"    server {u};" for u in upstreams)
+        access = f"access_log {d}/access.log combined buffer=64k;" if log_file else "access_log off;"
         (d / "nginx.conf").write_text(f"""
 worker_processes {threads};
 daemon off;
@@ -159,13 +205,13 @@ pid {d}/nginx.pid;
 error_log {d}/error.log warn;
 events {{ worker_connections 8192; }}
 http {{
-  access_log off;
+  {access}
   client_body_temp_path {d}/body; proxy_temp_path {d}/proxy;
   fastcgi_temp_path {d}/fcgi; uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;
   upstream up {{
     {method}
 {servers}
-    keepalive 128;
+    keepalive 64;
   }}
   server {{
     listen 127.0.0.1:{port};
@@ -182,8 +228,8 @@ http {{
     return start
 
 
-def haproxy_system(balance, upstreams, threads):
-    def start(port, work):
+def haproxy_system(balance, upstreams):
+    def start(port, work, threads):
         d = Path(tempfile.mkdtemp(dir=work))
         servers = "\n".join(f"  server s{i} {u}" for i, u in enumerate(upstreams))
         (d / "haproxy.cfg").write_text(f"""
@@ -238,6 +284,7 @@ def machine():
             model = line.split(":", 1)[1].strip()
             break
     mem = Path("/proc/meminfo").read_text().splitlines()[0].split()[1]
+
     def first_line(cmd):
         r = subprocess.run(cmd, capture_output=True, text=True)
         text = (r.stderr.strip() or r.stdout.strip())
@@ -253,115 +300,164 @@ def machine():
     }
 
 
-def summarize(results, systems, connection_counts):
+def scenarios(args, systems):
+    """(title, key, threads, connections, systems) of each part of the run."""
+    cores = os.cpu_count() or 1
+    headline = ("1 worker, 16 connections", "1w-c16", 1, 16, list(systems))
+    if args.headline:
+        return [headline]
+    core = [s for s in systems if s in CORE or s.startswith("baseline-")]
+    return [
+        headline,
+        ("1 worker, 256 connections", "1w-c256", 1, 256, core),
+        (f"all cores ({cores} workers), 16 connections", "all-c16", cores, 16, core),
+        (f"all cores ({cores} workers), 256 connections", "all-c256", cores, 256, core),
+    ]
+
+
+def summarize(results):
+    """Best round per (scenario, system)."""
     table = {}
-    for c in connection_counts:
-        for s in systems:
-            runs = [r for r in results if r["system"] == s and r["connections"] == c]
-            if not runs:
-                continue
-            rps = [r["rps"] for r in runs]
-            table[(s, c)] = {
-                "rps": statistics.median(rps),
-                "rps_min": min(rps),
-                "rps_max": max(rps),
-                "p50_ms": statistics.median(r["p50_us"] for r in runs) / 1000,
-                "p99_ms": statistics.median(r["p99_us"] for r in runs) / 1000,
-                "p999_ms": statistics.median(r["p999_us"] for r in runs) / 1000,
-                "cpu_s": statistics.median(r["cpu_s"] for r in runs),
-                "rss_mib": max(r["rss_mib"] for r in runs),
-                "errors": sum(r["errors"] for r in runs),
-            }
-    return table
+    for r in results:
+        table.setdefault((r["scenario"], r["system"]), []).append(r)
+    out = {}
+    for key, runs in table.items():
+        out[key] = {
+            "rps": max(r["rps"] for r in runs),
+            "cpu_us": min(r["cpu_us"] for r in runs),
+            "ctx_per_req": min(r["ctx_per_req"] for r in runs),
+            "sys_share": statistics.median(r["sys_share"] for r in runs),
+            "p50_ms": statistics.median(r["p50_us"] for r in runs) / 1000,
+            "p99_ms": statistics.median(r["p99_us"] for r in runs) / 1000,
+            "p999_ms": statistics.median(r["p999_us"] for r in runs) / 1000,
+            "rss_mib": max(r["rss_mib"] for r in runs),
+            "errors": sum(r["errors"] for r in runs),
+            "rounds": len(runs),
+        }
+    return out
 
 
-def markdown(table, systems, connection_counts, meta, args):
+def ratio(a, b):
+    return f"{a / b:.2f}" if a is not None and b else "–"
+
+
+def targets(table):
+    """The issue's targets, each as (what, measured, met)."""
+    def get(system, scenario="1w-c16"):
+        return table.get((scenario, system))
+    out = []
+    sy, bare, nginx = get("switchyard-round-robin"), get(BARE), get(NGINX)
+    if sy and bare:
+        out.append(("Switchyard round-robin req/s ≥ 0.95 × bare Pingora (1 worker, 16 conns)",
+                    f"{sy['rps'] / bare['rps']:.2f}×", sy["rps"] >= 0.95 * bare["rps"]))
+        out.append(("Switchyard round-robin CPU/request ≤ 1.05 × bare Pingora",
+                    f"{sy['cpu_us'] / bare['cpu_us']:.2f}× ({sy['cpu_us']:.1f} vs {bare['cpu_us']:.1f} µs)",
+                    sy["cpu_us"] <= 1.05 * bare["cpu_us"]))
+    for other in ["switchyard-least-conn", "switchyard-latency"]:
+        o = get(other)
+        if sy and o:
+            out.append((f"{other} req/s within 10 % of round-robin", f"{o['rps'] / sy['rps']:.2f}×",
+                        o["rps"] >= 0.90 * sy["rps"]))
+    if sy and nginx:
+        out.append(("Switchyard round-robin req/s ≥ 0.80 × nginx", f"{sy['rps'] / nginx['rps']:.2f}×",
+                    sy["rps"] >= 0.80 * nginx["rps"]))
+    logged = get("switchyard-rr-logged")
+    if sy and logged:
+        nlog = get("nginx-rr-logged")
+        extra = f"; nginx {nlog['rps'] / nginx['rps']:.2f}×" if nlog and nginx else ""
+        out.append(("access log on (JSON to a file) req/s ≥ 0.95 × log off",
+                    f"{logged['rps'] / sy['rps']:.2f}×{extra}", logged["rps"] >= 0.95 * sy["rps"]))
+    sy256, nginx256 = get("switchyard-round-robin", "1w-c256"), get(NGINX, "1w-c256")
+    if sy256 and nginx256:
+        out.append(("256 connections (1 worker): p99 ≤ 1.5 × nginx's",
+                    f"{sy256['p99_ms']:.2f} vs {nginx256['p99_ms']:.2f} ms ({sy256['p99_ms'] / nginx256['p99_ms']:.2f}×)",
+                    sy256["p99_ms"] <= 1.5 * nginx256["p99_ms"]))
+    return out
+
+
+def markdown(table, parts, meta, args, elapsed):
     lines = ["# Side-by-side load benchmark", "",
              f"Machine: {meta['cpu']}, {meta['cores']} cores, {meta['memory_gib']} GiB, Linux {meta['kernel']}; "
-             f"{meta['nginx']}; {meta['haproxy']}.",
-             f"wrk {args.duration} s per run, {args.rounds} round(s), systems interleaved; "
-             f"proxies with {args.threads} worker thread(s)/process(es), keep-alive to a 1 KiB upstream (2 instances).",
-             "Figures are medians over the rounds (req/s also min–max). Ratios are req/s ÷ the reference's req/s "
-             "measured in the same run.", ""]
-    for c in connection_counts:
-        nginx = table.get(("nginx-roundrobin", c))
-        direct = table.get(("direct", c))
-        lines += [f"## {c} connections", "",
-                  "| system | req/s (min–max) | ÷ nginx | ÷ direct | p50 ms | p99 ms | p99.9 ms | proxy CPU s | peak RSS MiB | errors |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
+             f"{meta['nginx']}; {meta['haproxy']}; {meta['wrk']}.",
+             f"wrk {args.duration} s per run after a 1 s warm-up, {args.rounds} round(s), systems interleaved; "
+             "keep-alive to a 1 KiB upstream (2 instances of `perf-upstream`); access logs off unless the name says "
+             f"`logged`. Run took {elapsed / 60:.1f} min.",
+             "Each figure is the system's best round: highest req/s, lowest CPU/request; latencies are medians. "
+             "CPU µs/request is the proxy's process tree (utime+stime from /proc) ÷ requests completed; "
+             "kernel % is the system time's share of that CPU; "
+             "ctx sw/req is its threads' context switches ÷ requests. Ratios are to the same run's "
+             f"`{BARE}` (÷ bare) and `{NGINX}` (÷ nginx).", ""]
+    for title, key, _, _, systems in parts:
+        bare, nginx = table.get((key, BARE)), table.get((key, NGINX))
+        lines += [f"## {title}", "",
+                  "| system | req/s | CPU µs/request | CPU ÷ bare | CPU ÷ nginx | req/s ÷ bare | req/s ÷ nginx "
+                  "| p50 ms | p99 ms | p99.9 ms | kernel % of CPU | ctx sw/req | peak RSS MiB | errors |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for s in systems:
-            r = table.get((s, c))
+            r = table.get((key, s))
             if r is None:
                 continue
-            ratio = lambda ref: f"{r['rps'] / ref['rps']:.2f}" if ref else "–"
+            cpu = lambda ref: ratio(r["cpu_us"], ref["cpu_us"]) if ref and s != "direct" else "–"
             lines.append(
-                f"| {s} | {r['rps']:,.0f} ({r['rps_min']:,.0f}–{r['rps_max']:,.0f}) | {ratio(nginx)} | {ratio(direct)} | "
-                f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['p999_ms']:.2f} | "
-                f"{r['cpu_s']:.1f} | {r['rss_mib']:.1f} | {r['errors']} |")
+                f"| {s} | {r['rps']:,.0f} | {r['cpu_us']:.1f} | {cpu(bare)} | {cpu(nginx)} | "
+                f"{ratio(r['rps'], bare and bare['rps'])} | {ratio(r['rps'], nginx and nginx['rps'])} | "
+                f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['p999_ms']:.2f} | {r['sys_share'] * 100:.0f} | "
+                f"{r['ctx_per_req']:.2f} | "
+                f"{r['rss_mib']:.1f} | {r['errors']} |")
         lines.append("")
     lines += ["## Targets", ""]
-    for c in connection_counts:
-        wasm = table.get(("switchyard-round-robin", c))
-        native = table.get(("switchyard-native", c))
-        nginx = table.get(("nginx-roundrobin", c))
-        if wasm and nginx:
-            ok = wasm["rps"] >= nginx["rps"] and wasm["p99_ms"] <= nginx["p99_ms"]
-            lines.append(f"- {c} connections, Switchyard (Wasm round-robin) vs nginx round-robin: "
-                         f"req/s ratio {wasm['rps'] / nginx['rps']:.2f}, p99 {wasm['p99_ms']:.2f} vs {nginx['p99_ms']:.2f} ms — "
-                         f"{'met' if ok else 'NOT met'} (target: ratio ≥ 1.00 and p99 no higher)")
-        if wasm and native:
-            cost = 1 - wasm["rps"] / native["rps"]
-            lines.append(f"- {c} connections, Wasm decision overhead (Wasm round-robin vs native selector): "
-                         f"{cost * 100:+.1f} % req/s — {'met' if cost <= 0.03 else 'NOT met'} (target: within 3 %)")
+    for what, measured, met in targets(table):
+        lines.append(f"- {what}: {measured} — {'met' if met else 'NOT met'}")
     return "\n".join(lines) + "\n"
 
 
-def svg(table, systems, connection_counts):
-    width, bar, gap, left, top = 900, 14, 10, 210, 40
-    colors = ["#4c78a8", "#f58518", "#54a24b", "#e45756"]
-    rows = [s for s in systems if any((s, c) in table for c in connection_counts)]
-    height = top + len(rows) * (len(connection_counts) * bar + gap) + 40
-    peak = max(r["rps"] for r in table.values()) or 1
+def svg(table, parts):
+    """CPU µs/request (bar) and req/s (label) of the headline scenario."""
+    title, key, _, _, systems = parts[0]
+    rows = [(s, table[(key, s)]) for s in systems if (key, s) in table and s != "direct"]
+    width, bar, left, top = 900, 20, 230, 46
+    height = top + len(rows) * (bar + 6) + 30
+    peak = max((r["cpu_us"] for _, r in rows), default=1) or 1
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="12">',
-           f'<text x="{left}" y="20" font-size="14">Requests per second (median), by system and connection count</text>']
+           f'<text x="10" y="20" font-size="14">Proxy CPU µs per request ({title}; shorter is better), with req/s</text>']
     y = top
-    for s in rows:
-        out.append(f'<text x="{left - 8}" y="{y + bar * len(connection_counts) / 2 + 4}" text-anchor="end">{s}</text>')
-        for k, c in enumerate(connection_counts):
-            r = table.get((s, c))
-            if r:
-                w = (width - left - 120) * r["rps"] / peak
-                out.append(f'<rect x="{left}" y="{y}" width="{w:.1f}" height="{bar - 2}" fill="{colors[k % 4]}"/>')
-                out.append(f'<text x="{left + w + 4:.1f}" y="{y + bar - 4}">{r["rps"]:,.0f}</text>')
-            y += bar
-        y += gap
-    for k, c in enumerate(connection_counts):
-        out.append(f'<rect x="{left + k * 140}" y="{height - 25}" width="12" height="12" fill="{colors[k % 4]}"/>'
-                   f'<text x="{left + k * 140 + 16}" y="{height - 15}">{c} connections</text>')
+    for s, r in rows:
+        color = "#e45756" if s.startswith("switchyard") or s.startswith("baseline") else (
+            "#f58518" if s.startswith("bare") else "#4c78a8")
+        w = (width - left - 200) * r["cpu_us"] / peak
+        out.append(f'<text x="{left - 8}" y="{y + bar - 6}" text-anchor="end">{s}</text>')
+        out.append(f'<rect x="{left}" y="{y}" width="{w:.1f}" height="{bar}" fill="{color}"/>')
+        out.append(f'<text x="{left + w + 6:.1f}" y="{y + bar - 6}">{r["cpu_us"]:.1f} µs · {r["rps"]:,.0f} req/s</text>')
+        y += bar + 6
+    out.append(f'<text x="10" y="{height - 10}" fill="#555">red: Switchyard; orange: bare Pingora (the floor); '
+               'blue: nginx and HAProxy</text>')
     out.append("</svg>")
     return "\n".join(out) + "\n"
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--duration", type=int, default=5, help="seconds of load per run (default 5)")
+    ap.add_argument("--duration", type=int, default=3, help="seconds of load per run (default 3)")
     ap.add_argument("--rounds", type=int, default=2, help="times the whole set is repeated (default 2)")
-    ap.add_argument("--connections", default="16,256", help="connection counts (default 16,256)")
-    ap.add_argument("--threads", type=int, default=os.cpu_count(), help="proxy workers (default: cores)")
+    ap.add_argument("--headline", action="store_true", help="only 1 worker, 16 connections")
     ap.add_argument("--only", default="", help="comma-separated system names to run (default: all)")
+    ap.add_argument("--baseline", action="append", default=[], metavar="NAME=PATH",
+                    help="another switchyard binary, run with round-robin as system baseline-NAME")
+    ap.add_argument("--baseline-logged", action="append", default=[], metavar="NAME=PATH",
+                    help="like --baseline, with the access log on (JSON to stderr, redirected to a file)")
+    ap.add_argument("--bare-baseline", action="append", default=[], metavar="NAME=PATH",
+                    help="another bare-pingora binary (built without a vendor patch, say), as system baseline-NAME")
     ap.add_argument("--out", type=Path, default=None, help="output directory (default <target>/perf)")
     ap.add_argument("--skip-build", action="store_true", help="use the release binaries already built")
     args = ap.parse_args()
-    connection_counts = [int(c) for c in args.connections.split(",")]
 
     ensure_tools()
     target = target_dir()
     if not args.skip_build:
-        log("building release binaries (switchyard, perf-upstream)")
-        subprocess.run(["cargo", "build", "--release", "-p", "switchyard",
-                        "-p", "perf-upstream"], cwd=REPO, check=True)
-    binary = target / "release" / "switchyard"
-    upstream_bin = target / "release" / "perf-upstream"
+        log("building release binaries (switchyard, perf-upstream, bare-pingora)")
+        subprocess.run(["cargo", "build", "--release", "-p", "switchyard", "-p", "perf-upstream",
+                        "-p", "bare-pingora"], cwd=REPO, check=True)
+    release = target / "release"
     out_dir = args.out or target / "perf"
     out_dir.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="switchyard-perf-"))
@@ -370,67 +466,91 @@ def main():
 
     upstream_procs, upstreams = [], []
     for _ in range(2):
-        p = subprocess.Popen([upstream_bin, "127.0.0.1:0"], stdout=subprocess.PIPE, text=True)
+        p = subprocess.Popen([release / "perf-upstream", "127.0.0.1:0"], stdout=subprocess.PIPE, text=True)
         line = p.stdout.readline().strip()
         upstream_procs.append(p)
         upstreams.append(line.removeprefix("listening "))
     log(f"upstreams on {', '.join(upstreams)}")
 
-    t = args.threads
+    sy = release / "switchyard"
     systems = {
         "direct": None,
-        "switchyard-round-robin": switchyard_system(binary, "round-robin", upstreams, t),
-        "switchyard-native": switchyard_system(binary, "round-robin", upstreams, t, native=True),
-        "switchyard-least-conn": switchyard_system(binary, "least-conn", upstreams, t),
-        "switchyard-latency": switchyard_system(binary, "latency", upstreams, t),
-        "nginx-roundrobin": nginx_system("", upstreams, t),
-        "nginx-least_conn": nginx_system("least_conn;", upstreams, t),
-        "haproxy-roundrobin": haproxy_system("roundrobin", upstreams, t),
-        "haproxy-leastconn": haproxy_system("leastconn", upstreams, t),
+        BARE: bare_system(release / "bare-pingora", upstreams),
+        "bare-pingora-jemalloc": bare_system(release / "bare-pingora-jemalloc", upstreams),
+        "switchyard-round-robin": switchyard_system(sy, "round-robin", upstreams),
+        "switchyard-native": switchyard_system(sy, "round-robin", upstreams, native=True),
+        "switchyard-least-conn": switchyard_system(sy, "least-conn", upstreams),
+        "switchyard-latency": switchyard_system(sy, "latency", upstreams),
+        "switchyard-rr-logged": switchyard_system(sy, "round-robin", upstreams, log_file=True),
+        NGINX: nginx_system("", upstreams),
+        "nginx-least_conn": nginx_system("least_conn;", upstreams),
+        "nginx-rr-logged": nginx_system("", upstreams, log_file=True),
+        "haproxy-roundrobin": haproxy_system("roundrobin", upstreams),
+        "haproxy-leastconn": haproxy_system("leastconn", upstreams),
     }
+    for spec in args.baseline:
+        name, _, path = spec.partition("=")
+        systems[f"baseline-{name}"] = switchyard_system(Path(path), "round-robin", upstreams)
+    for spec in args.baseline_logged:
+        name, _, path = spec.partition("=")
+        systems[f"baseline-{name}-logged"] = switchyard_system(Path(path), "round-robin", upstreams,
+                                                             log_file="stderr")
+    for spec in args.bare_baseline:
+        name, _, path = spec.partition("=")
+        systems[f"baseline-{name}"] = bare_system(Path(path), upstreams)
     if args.only:
         keep = set(args.only.split(","))
         systems = {k: v for k, v in systems.items() if k in keep}
+    parts = scenarios(args, systems)
     port = free_port()
     results = []
     started = time.time()
     try:
         for round_no in range(args.rounds):
-            for c in connection_counts:
-                for name, start in systems.items():
+            for title, key, threads, connections, names in parts:
+                for name in names:
+                    start = systems[name]
                     proc = None
                     if start is None:
                         target_port = int(upstreams[0].rsplit(":", 1)[1])
                         pids = [upstream_procs[0].pid]
                     else:
-                        proc = start(port, work)
+                        proc = start(port, work, threads)
                         wait_listening(port, proc, name)
                         target_port = port
+                    wrk_threads = min(2, threads)
                     try:
-                        run_wrk(target_port, 16, 1, min(2, t), lua)  # warm up: connections, caches
+                        run_wrk(target_port, connections, 1, wrk_threads, lua)  # warm up
                         pids = process_tree(proc.pid) if proc else pids
-                        cpu0 = cpu_seconds(pids)
-                        r = run_wrk(target_port, c, args.duration, min(2, t), lua)
-                        cpu = cpu_seconds(pids) - cpu0
+                        (user0, sys0), ctx0 = cpu_seconds(pids), context_switches(pids)
+                        r = run_wrk(target_port, connections, args.duration, wrk_threads, lua)
+                        user1, sys1 = cpu_seconds(pids)
+                        ctx = context_switches(pids) - ctx0
+                        cpu = (user1 - user0) + (sys1 - sys0)
                         rss = peak_rss_mib(process_tree(proc.pid) if proc else pids)
                     finally:
                         stop(proc)
+                    requests = max(r["requests"], 1)
                     rps = r["requests"] / (r["duration_us"] / 1e6)
-                    results.append({"system": name, "connections": c, "round": round_no, "rps": rps,
-                                    "cpu_s": cpu, "rss_mib": rss, **r})
-                    log(f"round {round_no + 1}/{args.rounds} c={c} {name}: {rps:,.0f} req/s, "
-                        f"p99 {r['p99_us'] / 1000:.2f} ms, errors {r['errors']}")
+                    results.append({"scenario": key, "system": name, "round": round_no, "rps": rps,
+                                    "cpu_s": cpu, "cpu_us": cpu * 1e6 / requests,
+                                    "sys_share": (sys1 - sys0) / cpu if cpu else 0,
+                                    "ctx_per_req": ctx / requests, "rss_mib": rss, **r})
+                    log(f"round {round_no + 1}/{args.rounds} {key} {name}: {rps:,.0f} req/s, "
+                        f"{cpu * 1e6 / requests:.1f} CPU µs/req, p99 {r['p99_us'] / 1000:.2f} ms, "
+                        f"errors {r['errors']}")
     finally:
         for p in upstream_procs:
             p.kill()
+    elapsed = time.time() - started
     meta = machine()
-    table = summarize(results, list(systems), connection_counts)
-    md = markdown(table, list(systems), connection_counts, meta, args)
+    table = summarize(results)
+    md = markdown(table, parts, meta, args, elapsed)
     (out_dir / "results.json").write_text(json.dumps({"machine": meta, "runs": results}, indent=1))
     (out_dir / "results.md").write_text(md)
-    (out_dir / "chart.svg").write_text(svg(table, list(systems), connection_counts))
+    (out_dir / "chart.svg").write_text(svg(table, parts))
     print(md)
-    log(f"done in {time.time() - started:.0f} s; wrote {out_dir}/results.md, chart.svg, results.json")
+    log(f"done in {elapsed:.0f} s; wrote {out_dir}/results.md, chart.svg, results.json")
 
 
 if __name__ == "__main__":
