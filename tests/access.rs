@@ -249,6 +249,57 @@ async fn the_access_log_has_one_json_line_per_request() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn access_lines_go_to_the_file_and_all_are_there_after_sigterm() {
+    let b = backends(&[0]).await;
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let mut proxy = Proxy::start_with(
+        "access_log = \"json\"\naccess_log_path = \"access.log\"\n",
+        &format!(
+            "[metrics]\nlisten = \"{metrics}\"\n\n[[pools]]\nname = \"web\"\nbalancer = \"round-robin\"\nbackends = [{{ addr = \"{}\" }}]\n",
+            b[0].addr
+        ),
+        &[],
+    );
+    const REQUESTS: usize = 300;
+    for i in 0..REQUESTS {
+        let r = request(proxy.addr, &format!("/item/{i}"), "shop.example", &[])
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200);
+    }
+    let scrape = request(metrics.parse().unwrap(), "/metrics", "m", &[])
+        .await
+        .unwrap();
+    assert!(
+        scrape
+            .body
+            .contains("switchyard_access_log_dropped_total 0"),
+        "{}",
+        scrape.body
+    );
+    // The lines are written by the writer thread; SIGTERM must not lose the queued ones.
+    proxy.sigterm();
+    let status = proxy.wait_exit(std::time::Duration::from_secs(10));
+    assert!(status.is_some_and(|s| s.success()), "{status:?}");
+    let text = std::fs::read_to_string(proxy.dir.path().join("access.log")).unwrap();
+    let paths: Vec<String> = text
+        .lines()
+        .map(|l| {
+            let entry: serde_json::Value =
+                serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"));
+            assert_eq!(entry["fields"]["status"], 200, "{l}");
+            entry["fields"]["path"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    let expected: Vec<String> = (0..REQUESTS).map(|i| format!("/item/{i}")).collect();
+    assert_eq!(paths, expected, "one line per request, in order");
+    // Access lines left stderr; the rest of the log stayed there.
+    let log = proxy.log();
+    assert!(!log.contains("switchyard::access"), "{log}");
+    assert!(log.contains("listening"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_client_that_stalls_its_body_gets_408() {
     // A backend that reads the whole body before answering, as an application would.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -13,6 +13,7 @@ pub mod ctl_format;
 pub mod demo_backend;
 pub mod edge;
 pub mod health;
+pub mod logging;
 pub mod metrics;
 pub mod plugin;
 pub mod pool;

@@ -6,8 +6,10 @@ use clap::{Parser, Subcommand};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 use switchyard::config::{self, Config, SystemResolver};
+use switchyard::logging::{self, Logging};
 use switchyard::plugin::PluginEngine;
 use switchyard::plugin::registry::FsCatalog;
 use switchyard::server;
@@ -165,18 +167,17 @@ enum PluginCommand {
     },
 }
 
-/// Logs to stderr, filtered by `RUST_LOG`; one JSON object per line if `json`.
-fn init_logging(json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    use std::io::IsTerminal;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if json {
-        builder.json().init();
-    } else {
-        builder.with_ansi(std::io::stderr().is_terminal()).init();
+/// Installs the logger (see [`logging`]); says why and gives `None` if it cannot.
+fn init_logging(
+    format: logging::Format,
+    access_file: Option<std::fs::File>,
+) -> Option<Arc<Logging>> {
+    match logging::init(format, access_file) {
+        Ok(l) => Some(Arc::new(l)),
+        Err(e) => {
+            eprintln!("error: {e}");
+            None
+        }
     }
 }
 
@@ -187,14 +188,17 @@ fn main() -> ExitCode {
         eprintln!("warning: jemalloc background thread not started: {e}");
     }
     let cli = Cli::parse();
-    // `run` picks the log format from its configuration file.
-    if !matches!(cli.command, Command::Run { .. }) {
-        init_logging(false);
+    // `run` picks the log format and file from its configuration file.
+    if let Command::Run { config } = &cli.command {
+        return run(config);
     }
+    let Some(logging) = init_logging(logging::Format::Text, None) else {
+        return ExitCode::FAILURE;
+    };
     match cli.command {
         Command::Run { config } => run(&config),
         Command::Check { config } => check(&config),
-        Command::Demo { listen } => demo(listen),
+        Command::Demo { listen } => demo(listen, logging),
         Command::Ctl {
             socket,
             config,
@@ -228,8 +232,27 @@ fn run(path: &Path) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
-    init_logging(config.proxy.access_log == config::AccessLog::Json);
-    match server::run(config) {
+    let access_file = match config
+        .proxy
+        .access_log_path
+        .as_deref()
+        .map(logging::open_access_log)
+    {
+        Some(Ok(file)) => Some(file),
+        Some(Err(e)) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+        None => None,
+    };
+    let format = match config.proxy.access_log {
+        config::AccessLog::Json => logging::Format::Json,
+        config::AccessLog::Text | config::AccessLog::Off => logging::Format::Text,
+    };
+    let Some(logging) = init_logging(format, access_file) else {
+        return ExitCode::FAILURE;
+    };
+    match server::run(config, logging) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("{e}");
@@ -243,6 +266,16 @@ fn check(path: &Path) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
+    // As `nginx -t`: the access log is opened (and created) as `run` will open it.
+    if let Some(Err(e)) = config
+        .proxy
+        .access_log_path
+        .as_deref()
+        .map(logging::open_access_log)
+    {
+        eprintln!("error: {e}");
+        return ExitCode::FAILURE;
+    }
     let engine = match PluginEngine::new() {
         Ok(e) => e,
         Err(e) => {
@@ -284,7 +317,7 @@ fn check(path: &Path) -> ExitCode {
     }
 }
 
-fn demo(listen: SocketAddr) -> ExitCode {
+fn demo(listen: SocketAddr, logging: Arc<Logging>) -> ExitCode {
     let delays = [
         ("backend-a", 0),
         ("backend-b", 0),
@@ -403,7 +436,7 @@ pool = "latency"
     println!("  curl -s http://{listen}/latency      # peak-EWMA: avoids the 40 ms backend");
     println!("  for i in $(seq 8); do curl -s http://{listen}/; done");
     println!("Ctrl-C stops it.");
-    match server::run(config) {
+    match server::run(config, logging) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("{e}");

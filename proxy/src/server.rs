@@ -15,6 +15,7 @@ use crate::config::{Config, ConfigErrors};
 use crate::connections::{Capped, ConnectionCaps};
 use crate::control::Control;
 use crate::health::HealthChecker;
+use crate::logging::Logging;
 use crate::metrics::MetricsExporter;
 use crate::plugin::PluginEngine;
 use crate::proxy::Switchyard;
@@ -108,14 +109,18 @@ fn http_options(config: &Config) -> HttpServerOptions {
     options
 }
 
-/// Runs the proxy until it is told to stop. Never returns on success.
-pub fn run(config: Config) -> Result<(), StartError> {
+/// Runs the proxy until it is told to stop. Never returns on success. `logging` is
+/// flushed before the process exits.
+pub fn run(config: Config, logging: Arc<Logging>) -> Result<(), StartError> {
     let open_files = crate::connections::raise_open_files_limit();
     let engine = PluginEngine::new().map_err(|e| StartError::Engine(format!("{e:#}")))?;
-    let telemetry = Arc::new(
-        Telemetry::new()
-            .map_err(|e| StartError::Engine(format!("cannot register the metrics: {e}")))?,
-    );
+    let metrics_error = |e| StartError::Engine(format!("cannot register the metrics: {e}"));
+    let telemetry = Arc::new(Telemetry::new().map_err(metrics_error)?);
+    telemetry
+        .register(Box::new(
+            logging.dropped_collector().map_err(metrics_error)?,
+        ))
+        .map_err(metrics_error)?;
     let runtime = build_runtime(&config, &engine, &telemetry, None)?;
     let certificates = load_certificates(&config)?;
     check_binds(&config)?;
@@ -185,7 +190,12 @@ pub fn run(config: Config) -> Result<(), StartError> {
         server.add_service(background_service("metrics", metrics));
     }
     server.add_service(background_service("admin socket", admin));
-    let drain = DrainThenExit::new(grace, config.admin.socket.clone(), Arc::clone(&telemetry));
+    let drain = DrainThenExit::new(
+        grace,
+        config.admin.socket.clone(),
+        Arc::clone(&telemetry),
+        logging,
+    );
     server.add_service(background_service("drain then exit", drain));
     let mut proxy =
         pingora::proxy::http_proxy(&server.configuration, Switchyard::new(runtime, telemetry));

@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::logging::Logging;
 use crate::telemetry::Telemetry;
 
 /// Time the in-flight count must stay at zero before the process exits: a connection
@@ -17,21 +18,28 @@ const QUIET_FOR: Duration = Duration::from_millis(300);
 
 /// Exits the process once the server is shutting down and no request has been in
 /// flight for [`QUIET_FOR`], or when `grace` runs out (status 0 too: what was left is
-/// logged). The admin socket file is removed first.
+/// logged). The admin socket file is removed and the access log flushed first.
 #[derive(Debug)]
 pub struct DrainThenExit {
     grace: Duration,
     admin_socket: PathBuf,
     telemetry: Arc<Telemetry>,
+    logging: Arc<Logging>,
 }
 
 impl DrainThenExit {
     /// Watches `telemetry`'s requests in flight for at most `grace` once shutdown begins.
-    pub fn new(grace: Duration, admin_socket: PathBuf, telemetry: Arc<Telemetry>) -> Self {
+    pub fn new(
+        grace: Duration,
+        admin_socket: PathBuf,
+        telemetry: Arc<Telemetry>,
+        logging: Arc<Logging>,
+    ) -> Self {
         DrainThenExit {
             grace,
             admin_socket,
             telemetry,
+            logging,
         }
     }
 }
@@ -66,6 +74,8 @@ impl BackgroundService for DrainThenExit {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let _ = std::fs::remove_file(&self.admin_socket);
+        // Blocks while the writer thread empties its queue; nothing else runs now.
+        self.logging.flush();
         std::process::exit(0);
     }
 }

@@ -194,6 +194,14 @@ impl Telemetry {
         self.in_flight.load(Ordering::Relaxed)
     }
 
+    /// Adds a metric kept elsewhere (the access log's dropped lines), read when scraped.
+    pub fn register(
+        &self,
+        collector: Box<dyn prometheus::core::Collector>,
+    ) -> prometheus::Result<()> {
+        self.registry.register(collector)
+    }
+
     /// The metric families, for the exporter.
     pub fn gather(&self) -> Vec<prometheus::proto::MetricFamily> {
         self.registry.gather()

@@ -191,6 +191,10 @@ fn restart_only_changes(old: &Config, new: &Config, json_log: bool) -> Vec<Strin
             o.limits.max_header_bytes != n.limits.max_header_bytes,
         ),
         ("proxy.access_log (text or json)", log_format),
+        (
+            "proxy.access_log_path",
+            o.access_log_path != n.access_log_path,
+        ),
         ("metrics.listen", old.metrics != new.metrics),
         ("admin.socket", old.admin != new.admin),
     ]
@@ -226,6 +230,7 @@ fn keep_restart_only(old: &Config, mut new: Config, json_log: bool) -> Config {
     n.limits.client_header_timeout = o.limits.client_header_timeout;
     n.limits.keepalive_timeout = o.limits.keepalive_timeout;
     n.limits.max_header_bytes = o.limits.max_header_bytes;
+    n.access_log_path.clone_from(&o.access_log_path);
     if log_format_changes(&new, json_log) {
         new.proxy.access_log = if json_log {
             config::AccessLog::Json

@@ -52,6 +52,9 @@ pub struct ProxySettings {
     pub trusted_proxies: Vec<IpNet>,
     /// Access log: off, text or JSON.
     pub access_log: AccessLog,
+    /// Where access lines go: this file (appended to), or stderr when `None`. Either way
+    /// a writer thread of its own writes them, never the worker that served the request.
+    pub access_log_path: Option<PathBuf>,
     /// One tokio runtime shared by all worker threads, so tasks move to an idle thread
     /// and a slow plugin call can leave its thread (`block_in_place`); `false` runs one
     /// event loop per thread, as nginx workers do: fewer context switches, but a slow

@@ -83,6 +83,7 @@ impl Validator<'_> {
             connections: ConnectionLimits::default(),
             trusted_proxies: Vec::new(),
             access_log: AccessLog::Text,
+            access_log_path: None,
             work_stealing: true,
             paths: PathSettings::default(),
         };
@@ -332,6 +333,9 @@ impl Validator<'_> {
                 }
             };
         }
+        if let Some(raw_path) = &raw.access_log_path {
+            settings.access_log_path = self.log_file(raw_path, "proxy.access_log_path");
+        }
         if let Some(mode) = &raw.normalize_path {
             settings.paths.forward_normalized = match mode.get_ref().as_str() {
                 "match" => false,
@@ -352,6 +356,36 @@ impl Validator<'_> {
                 }
             };
         }
+    }
+
+    /// A file the proxy appends to: its directory must exist, and it must not be a
+    /// directory itself. (Whether it can be opened is tried by `check` and `run`.)
+    fn log_file(&mut self, raw: &Text, field: &str) -> Option<std::path::PathBuf> {
+        if raw.get_ref().trim().is_empty() {
+            self.invalid(raw, field, "empty; name a file, like \"/var/log/switchyard/access.log\", or remove the key to log to stderr");
+            return None;
+        }
+        let path = self.path(raw);
+        if path.is_dir() {
+            self.invalid(
+                raw,
+                field,
+                format!(
+                    "{} is a directory; name a file in it, like \"{}\"",
+                    path.display(),
+                    path.join("access.log").display()
+                ),
+            );
+            return None;
+        }
+        let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+        if let Some(dir) = dir
+            && !dir.is_dir()
+        {
+            self.invalid(raw, field, format!("directory {} does not exist; create it, or choose a file in an existing directory", dir.display()));
+            return None;
+        }
+        Some(path)
     }
 
     pub(super) fn admin(&mut self, raw: Option<RawAdmin>) -> AdminSettings {

@@ -49,6 +49,7 @@ pub(super) struct RawProxy {
     pub max_connections_per_listener: Option<Spanned<i64>>,
     pub trusted_proxies: Option<TextList>,
     pub access_log: Option<Text>,
+    pub access_log_path: Option<Text>,
     pub work_stealing: Option<Spanned<bool>>,
     pub normalize_path: Option<Text>,
     pub encoded_slash: Option<Text>,
