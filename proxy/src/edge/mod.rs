@@ -177,45 +177,6 @@ pub fn header_within(header: &RequestHeader, limits: &RequestLimits) -> Result<(
     Ok(())
 }
 
-/// Hop-by-hop headers (RFC 9110 §7.6.1), which describe one connection and must not be
-/// forwarded. `Connection` and `Upgrade` are left to Pingora, which needs them to pass
-/// WebSocket upgrades through; `TE: trailers` is kept because gRPC requires it.
-pub const HOP_BY_HOP: [&str; 4] = [
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authorization",
-    "proxy-authenticate",
-];
-
-/// Removes hop-by-hop headers from a request going upstream, including those the
-/// client named in `Connection` (other than `Upgrade`, which Pingora handles).
-pub fn strip_hop_by_hop(header: &mut RequestHeader) {
-    let named: Vec<String> = header
-        .headers
-        .get_all("connection")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|t| t.trim().to_ascii_lowercase())
-        .filter(|t| !t.is_empty() && t != "upgrade" && t != "close" && t != "keep-alive")
-        .collect();
-    for name in HOP_BY_HOP
-        .iter()
-        .copied()
-        .chain(named.iter().map(String::as_str))
-    {
-        header.remove_header(name);
-    }
-    let te_is_trailers = header
-        .headers
-        .get("te")
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.trim().eq_ignore_ascii_case("trailers"));
-    if !te_is_trailers {
-        header.remove_header("te");
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

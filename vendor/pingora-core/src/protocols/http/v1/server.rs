@@ -42,6 +42,12 @@ use crate::protocols::http::{
 use crate::protocols::{Digest, SocketAddr, Stream};
 use crate::utils::{BufRef, KVRef};
 
+/// Room in a parsed request's header maps for the fields a proxy adds before sending it
+/// upstream (`X-Forwarded-For`, `Forwarded`, `X-Forwarded-Proto`, `Via`…): without it
+/// the first such insert grows and rehashes both the value map and the case map, which
+/// the upstream copy inherits.
+const HEADER_MAP_HEADROOM: usize = 8;
+
 /// Tracks which writer is currently processing a task.
 ///
 /// This enables resuming writes after cancellation. Each variant stores the
@@ -410,7 +416,7 @@ impl HttpSession {
                             req.method.unwrap_or(""),
                             // we path httparse to allow unsafe bytes in the str
                             req.path.unwrap_or("").as_bytes(),
-                            Some(req.headers.len()),
+                            Some(req.headers.len() + HEADER_MAP_HEADROOM),
                         )?);
 
                         request_header.set_version(match req.version {
