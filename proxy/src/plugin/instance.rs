@@ -90,6 +90,7 @@ impl<W: World> PluginInstance<W> {
         );
         store.limiter(|state| &mut state.limits);
         store.epoch_deadline_trap();
+        let _ticking = self.plugin.engine.call();
         store.set_epoch_deadline(PluginEngine::deadline_ticks(self.limits.init_timeout));
         let bindings = guarded(|| W::instantiate(&self.plugin, &mut store))
             .map_err(|e| self.call_error("instantiate", e))?;
@@ -235,6 +236,7 @@ impl<W: World> PluginInstance<W> {
         let Some(live) = slot.as_mut() else {
             return Err(self.failure(call, FailureKind::Instantiate, "no instance".into()));
         };
+        let _ticking = self.plugin.engine.call();
         live.store
             .set_epoch_deadline(PluginEngine::deadline_ticks(self.limits.call_timeout));
         let started = Instant::now();

@@ -20,6 +20,7 @@ pub mod request;
 pub mod router;
 pub mod sandbox;
 pub mod state;
+pub mod ticker;
 pub mod worlds;
 
 pub use failure::FailureKind;

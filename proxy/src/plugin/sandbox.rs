@@ -12,7 +12,6 @@
 use std::future::Future;
 use std::pin::pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 use wasmtime::Engine;
@@ -32,17 +31,14 @@ use wasmtime_wasi_io::poll::DynPollable;
 use wasmtime_wasi_io::streams::{DynInputStream, DynOutputStream, StreamError, StreamResult};
 
 use super::state::PluginState;
-
-/// How often the epoch advances. A call's deadline is a whole number of ticks, so a
-/// call runs for at least its budget and at most one tick more.
-pub const EPOCH_TICK: Duration = Duration::from_micros(500);
+use super::ticker::{CallInProgress, EPOCH_TICK, EpochTicker};
 
 /// The one wasmtime engine of the process, with the epoch ticker that enforces call
 /// deadlines.
 #[derive(Clone)]
 pub struct PluginEngine {
     engine: Engine,
-    stop: Arc<AtomicBool>,
+    ticker: Arc<EpochTicker>,
 }
 
 impl std::fmt::Debug for PluginEngine {
@@ -78,27 +74,20 @@ impl PluginEngine {
             config.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pooling));
         }
         let engine = Engine::new(&config)?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let ticker_engine = engine.weak();
-        let ticker_stop = Arc::clone(&stop);
-        std::thread::Builder::new()
-            .name("switchyard-epoch".into())
-            .spawn(move || {
-                while !ticker_stop.load(Ordering::Relaxed) {
-                    std::thread::sleep(EPOCH_TICK);
-                    match ticker_engine.upgrade() {
-                        Some(engine) => engine.increment_epoch(),
-                        None => break,
-                    }
-                }
-            })
+        let ticker = EpochTicker::start(engine.weak())
             .map_err(|e| wasmtime::format_err!("cannot start the epoch ticker thread: {e}"))?;
-        Ok(PluginEngine { engine, stop })
+        Ok(PluginEngine { engine, ticker })
     }
 
     /// The wasmtime engine.
     pub fn engine(&self) -> &Engine {
         &self.engine
+    }
+
+    /// Keeps the epoch advancing while the returned guard lives: take it before setting
+    /// a store's deadline and hold it for the call.
+    pub fn call(&self) -> CallInProgress<'_> {
+        self.ticker.call()
     }
 
     /// Epoch ticks to allow a call that may run for `budget`.
@@ -112,8 +101,9 @@ impl PluginEngine {
 
 impl Drop for PluginEngine {
     fn drop(&mut self) {
-        if Arc::strong_count(&self.stop) == 1 {
-            self.stop.store(true, Ordering::Relaxed);
+        if Arc::strong_count(&self.ticker) == 2 {
+            // The last engine handle; the other reference is the ticker thread's own.
+            self.ticker.stop();
         }
     }
 }
