@@ -4,7 +4,7 @@ isolates the Wasm cost, the access log on), the bare Pingora it is built on, ngi
 HAProxy, and no proxy at all, in front of the same fast upstream, driven by wrk on
 loopback.
 
-    python3 tests/perf/side_by_side.py              # about 4 minutes after the build
+    python3 tests/perf/side_by_side.py              # about 3 minutes after the build (--full: 4)
     python3 tests/perf/side_by_side.py --headline   # 1 worker, 16 connections only: 2 minutes
     python3 tests/perf/side_by_side.py --rounds 1   # a quick look
 
@@ -14,8 +14,8 @@ req/s, and as ratios to bare Pingora (`bare-pingora`: a 30-line `ProxyHttp` buil
 this workspace's lock file, so the same Pingora, tokio and OpenSSL) and to nginx.
 
 Scenarios: one worker and 16 connections with every system (the headline), then one
-worker with 256 connections and all cores with 16 and 256 connections for the core
-systems. Systems are interleaved within a round and the rounds repeated; a system's
+worker with 256 connections and all cores with 16 connections (with --full, 256 too)
+for the core systems. Systems are interleaved within a round and the rounds repeated; a system's
 figure is its best round (highest req/s, lowest CPU/request; latencies are medians), as
 noise on a shared machine only ever makes a run slower.
 
@@ -307,12 +307,14 @@ def scenarios(args, systems):
     if args.headline:
         return [headline]
     core = [s for s in systems if s in CORE or s.startswith("baseline-")]
-    return [
+    parts = [
         headline,
         ("1 worker, 256 connections", "1w-c256", 1, 256, core),
         (f"all cores ({cores} workers), 16 connections", "all-c16", cores, 16, core),
-        (f"all cores ({cores} workers), 256 connections", "all-c256", cores, 256, core),
     ]
+    if args.full:
+        parts.append((f"all cores ({cores} workers), 256 connections", "all-c256", cores, 256, core))
+    return parts
 
 
 def summarize(results):
@@ -440,6 +442,7 @@ def main():
     ap.add_argument("--duration", type=int, default=3, help="seconds of load per run (default 3)")
     ap.add_argument("--rounds", type=int, default=2, help="times the whole set is repeated (default 2)")
     ap.add_argument("--headline", action="store_true", help="only 1 worker, 16 connections")
+    ap.add_argument("--full", action="store_true", help="also all cores at 256 connections")
     ap.add_argument("--only", default="", help="comma-separated system names to run (default: all)")
     ap.add_argument("--baseline", action="append", default=[], metavar="NAME=PATH",
                     help="another switchyard binary, run with round-robin as system baseline-NAME")
