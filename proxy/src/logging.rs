@@ -24,6 +24,8 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{Layer, fmt};
 
+use crate::config::{AccessLog, ProxySettings};
+
 /// The `tracing` target of access lines.
 pub const ACCESS_TARGET: &str = "switchyard::access";
 
@@ -44,6 +46,16 @@ pub enum Format {
     Text,
     /// One JSON object per line.
     Json,
+}
+
+impl From<AccessLog> for Format {
+    /// The format of `[proxy] access_log` (off still formats the other lines as text).
+    fn from(log: AccessLog) -> Self {
+        match log {
+            AccessLog::Json => Format::Json,
+            AccessLog::Text | AccessLog::Off => Format::Text,
+        }
+    }
 }
 
 /// Why logging could not be set up.
@@ -68,8 +80,18 @@ pub enum LogError {
     Install(String),
 }
 
-/// Opens (creating if needed) the access log for appending, as `run` will.
-pub fn open_access_log(path: &Path) -> Result<File, LogError> {
+/// The file `proxy.access_log_path` names, opened (and created) for appending; `None`
+/// when access lines go to stderr. `check` calls it as `run` does, as `nginx -t` opens
+/// its log files.
+pub fn open_configured(proxy: &ProxySettings) -> Result<Option<File>, LogError> {
+    proxy
+        .access_log_path
+        .as_deref()
+        .map(open_access_log)
+        .transpose()
+}
+
+fn open_access_log(path: &Path) -> Result<File, LogError> {
     OpenOptions::new()
         .create(true)
         .append(true)
@@ -185,11 +207,6 @@ impl Logging {
         if let Some(writer) = self.writer.lock().take() {
             let _ = writer.join();
         }
-    }
-
-    /// Access lines dropped because the writer could not keep up.
-    pub fn dropped_lines(&self) -> u64 {
-        self.pending.dropped.load(Ordering::Relaxed)
     }
 
     /// `switchyard_access_log_dropped_total`, read when scraped.

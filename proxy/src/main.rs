@@ -172,13 +172,10 @@ fn init_logging(
     format: logging::Format,
     access_file: Option<std::fs::File>,
 ) -> Option<Arc<Logging>> {
-    match logging::init(format, access_file) {
-        Ok(l) => Some(Arc::new(l)),
-        Err(e) => {
-            eprintln!("error: {e}");
-            None
-        }
-    }
+    logging::init(format, access_file)
+        .map(Arc::new)
+        .map_err(|e| eprintln!("error: {e}"))
+        .ok()
 }
 
 fn main() -> ExitCode {
@@ -232,24 +229,14 @@ fn run(path: &Path) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
-    let access_file = match config
-        .proxy
-        .access_log_path
-        .as_deref()
-        .map(logging::open_access_log)
-    {
-        Some(Ok(file)) => Some(file),
-        Some(Err(e)) => {
+    let access_file = match logging::open_configured(&config.proxy) {
+        Ok(file) => file,
+        Err(e) => {
             eprintln!("error: {e}");
             return ExitCode::FAILURE;
         }
-        None => None,
     };
-    let format = match config.proxy.access_log {
-        config::AccessLog::Json => logging::Format::Json,
-        config::AccessLog::Text | config::AccessLog::Off => logging::Format::Text,
-    };
-    let Some(logging) = init_logging(format, access_file) else {
+    let Some(logging) = init_logging(config.proxy.access_log.into(), access_file) else {
         return ExitCode::FAILURE;
     };
     match server::run(config, logging) {
@@ -266,13 +253,7 @@ fn check(path: &Path) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
-    // As `nginx -t`: the access log is opened (and created) as `run` will open it.
-    if let Some(Err(e)) = config
-        .proxy
-        .access_log_path
-        .as_deref()
-        .map(logging::open_access_log)
-    {
+    if let Err(e) = logging::open_configured(&config.proxy) {
         eprintln!("error: {e}");
         return ExitCode::FAILURE;
     }

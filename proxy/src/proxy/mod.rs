@@ -376,7 +376,7 @@ impl ProxyHttp for Switchyard {
         let header = session.req_header();
         let micros = |d: Option<Duration>| d.map_or(0, |d| d.as_micros() as u64);
         tracing::info!(
-            target: "switchyard::access",
+            target: crate::logging::ACCESS_TARGET,
             client = ctx.client.map_or(String::from("-"), |ip| ip.to_string()),
             method = %header.method,
             host = %ctx.view.host,
