@@ -12,6 +12,8 @@ const PACKAGES: &[&str] = &[
     "switchyard-plugin-round-robin",
     "switchyard-plugin-least-conn",
     "switchyard-plugin-latency",
+    "switchyard-plugin-ring-hash",
+    "switchyard-plugin-maglev",
     "trap-always",
     "wrong-world",
     "canary-router",

@@ -1,6 +1,6 @@
 //! The backend table's layout: the one place it is written down. The host uses this
 //! module too (it depends on this crate with `default-features = false`, which leaves
-//! just this module, [`Backends`](crate::Backends), [`Config`](crate::Config) and
+//! just this module, [`Backends`](crate::Backends), [`hashing`](crate::hashing) and
 //! [`Rng`](crate::Rng), with no dependencies).
 //!
 //! A row is `stride` `u32` values; the table says its stride, so a writer may add fields
@@ -90,14 +90,7 @@ impl Row {
 ///                       h ^= h >> 27; h *= 0x94d049bb133111eb; h ^= h >> 31
 /// ```
 pub fn backend_id(addr: &str) -> u64 {
-    let mut h = addr.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    });
-    h ^= h >> 30;
-    h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    h ^= h >> 27;
-    h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
-    h ^ (h >> 31)
+    crate::hashing::hash64(addr.as_bytes())
 }
 
 #[cfg(test)]

@@ -104,6 +104,11 @@ impl<'a> Backends<'a> {
         self.get(index).is_some_and(|b| b.healthy)
     }
 
+    /// The raw rows, `stride` numbers each, in pool order (see [`crate::abi`]).
+    pub(crate) fn rows(&self) -> std::slice::ChunksExact<'a, u32> {
+        self.data.chunks_exact(self.stride)
+    }
+
     /// All backends, in pool order.
     pub fn iter(&self) -> impl Iterator<Item = Backend> + '_ {
         (0..self.len()).filter_map(|i| self.get(i))

@@ -65,6 +65,7 @@
 
 pub mod abi;
 mod backends;
+pub mod hashing;
 mod rng;
 
 pub use backends::{Backend, Backends, Candidates, SmoothWeighted};
@@ -74,6 +75,10 @@ pub use rng::Rng;
 mod config;
 #[cfg(feature = "guest")]
 pub use config::Config;
+#[cfg(feature = "guest")]
+mod key;
+#[cfg(feature = "guest")]
+pub use key::KeySource;
 #[cfg(feature = "testing")]
 pub mod testing;
 #[cfg(feature = "guest")]

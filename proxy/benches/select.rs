@@ -60,6 +60,14 @@ fn allocations_per_call(mut f: impl FnMut()) -> f64 {
 }
 
 const SIZES: [usize; 4] = [2, 16, 256, 4096];
+/// The bundled balancers.
+const PLUGINS: [&str; 5] = [
+    "round-robin",
+    "least-conn",
+    "latency",
+    "ring-hash",
+    "maglev",
+];
 
 /// A pool of `n` backends (addresses only; nothing is connected) with `balancer`.
 fn pool(registry: &PluginRegistry, balancer: &str, n: usize, native: bool) -> Pool {
@@ -104,12 +112,10 @@ fn pool(registry: &PluginRegistry, balancer: &str, n: usize, native: bool) -> Po
 fn choose(c: &mut Criterion) {
     let registry = PluginRegistry::new(PluginEngine::new().unwrap(), None, None).unwrap();
     let mut group = c.benchmark_group("choose");
-    let kinds = [
-        ("round-robin", false),
-        ("least-conn", false),
-        ("latency", false),
-        ("native", true),
-    ];
+    let kinds = PLUGINS
+        .map(|p| (p, false))
+        .into_iter()
+        .chain([("native", true)]);
     for (name, native) in kinds {
         let plugin = if native { "round-robin" } else { name };
         for n in SIZES {
@@ -174,7 +180,7 @@ fn select(c: &mut Criterion) {
         ..PluginLimits::default()
     };
     let mut group = c.benchmark_group("select");
-    for plugin in ["round-robin", "least-conn", "latency"] {
+    for plugin in PLUGINS {
         let balancer = PoolBalancer::new(
             registry.load(plugin, WorldKind::Balancer).unwrap(),
             Vec::new(),
@@ -247,9 +253,46 @@ fn instantiate(c: &mut Criterion) {
     group.finish();
 }
 
+/// A hashing balancer's first `select` on a fresh instance builds its ring or table: it
+/// must fit in the call deadline (5 ms by default). Fresh instance + `init` + one
+/// `select`; compare with `instantiate` for the build's share.
+fn first_select(c: &mut Criterion) {
+    let registry = PluginRegistry::new(PluginEngine::new().unwrap(), None, None).unwrap();
+    let limits = PluginLimits {
+        call_timeout: std::time::Duration::from_secs(1),
+        ..PluginLimits::default()
+    };
+    let mut group = c.benchmark_group("first-select");
+    group.sample_size(20);
+    for plugin in ["ring-hash", "maglev"] {
+        let loaded = registry.load(plugin, WorldKind::Balancer).unwrap();
+        for backends in [16, 256] {
+            let stride = switchyard_plugin_sdk::abi::FIELDS;
+            let mut t = table(backends, stride);
+            group.bench_function(BenchmarkId::new(plugin, backends), |b| {
+                b.iter(|| {
+                    let balancer =
+                        PoolBalancer::new(loaded.clone(), Vec::new(), limits.clone()).unwrap();
+                    let mut header = placeholder_header();
+                    let mut view = switchyard::plugin::request::RequestView::placeholder();
+                    black_box(balancer.select(&mut header, &mut view, &mut t).unwrap())
+                })
+            });
+        }
+    }
+    group.finish();
+}
+
 fn allocations(_: &mut Criterion) {
     report_allocations();
 }
 
-criterion_group!(benches, allocations, select, choose, instantiate);
+criterion_group!(
+    benches,
+    allocations,
+    select,
+    choose,
+    instantiate,
+    first_select
+);
 criterion_main!(benches);

@@ -24,6 +24,10 @@ pub struct BackendControl {
     pub served: AtomicU64,
     /// Requests whose head has arrived (answered or not yet).
     pub received: AtomicU64,
+    /// Requests received and not answered yet.
+    active: AtomicU64,
+    /// The most requests it has held at once since the last [`BackendControl::take_peak`].
+    peak: AtomicU64,
     /// Bumped by [`BackendControl::kill`]: every connection resets.
     kills: tokio::sync::watch::Sender<u64>,
 }
@@ -35,6 +39,13 @@ impl BackendControl {
             u64::try_from(delay.as_micros()).unwrap_or(u64::MAX),
             Ordering::Relaxed,
         );
+    }
+
+    /// The most requests it held at once (received, not yet answered) since the last
+    /// call, which starts a new count.
+    pub fn take_peak(&self) -> u64 {
+        self.peak
+            .swap(self.active.load(Ordering::Relaxed), Ordering::Relaxed)
     }
 
     /// Status of each answer from now on.
@@ -68,6 +79,8 @@ pub async fn start(
         status: AtomicU16::new(200),
         served: AtomicU64::new(0),
         received: AtomicU64::new(0),
+        active: AtomicU64::new(0),
+        peak: AtomicU64::new(0),
         stopped: AtomicBool::new(false),
         acceptor: Mutex::new(None),
         kills: tokio::sync::watch::Sender::new(0),
@@ -181,11 +194,12 @@ async fn serve(stream: &mut TcpStream, control: &BackendControl) -> std::io::Res
             return Ok(());
         }
         control.received.fetch_add(1, Ordering::Relaxed);
-
+        let active = Active::begin(control);
         let delay = control.delay_us.load(Ordering::Relaxed);
         if delay > 0 {
             tokio::time::sleep(Duration::from_micros(delay)).await;
         }
+        drop(active);
         let status = control.status.load(Ordering::Relaxed);
         // Echo what a proxy in front added or passed on, so tests can see it.
         let mut echoed = format!("x-seen-target: {target}\r\n");
@@ -216,6 +230,23 @@ async fn serve(stream: &mut TcpStream, control: &BackendControl) -> std::io::Res
         if close {
             return Ok(());
         }
+    }
+}
+
+/// One request counted as active until dropped, even when its connection is reset.
+struct Active<'a>(&'a BackendControl);
+
+impl<'a> Active<'a> {
+    fn begin(control: &'a BackendControl) -> Self {
+        let now = control.active.fetch_add(1, Ordering::Relaxed) + 1;
+        control.peak.fetch_max(now, Ordering::Relaxed);
+        Active(control)
+    }
+}
+
+impl Drop for Active<'_> {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -74,6 +74,7 @@ pub struct Telemetry {
     connect_errors: IntCounterVec,
     retries: IntCounterVec,
     retry_budget_exhausted: IntCounterVec,
+    decisions: IntCounterVec,
     refused: [IntCounter; Refused::ALL.len()],
     /// Requests that reached no pool, by class.
     outside_pools: [IntCounter; CLASSES.len()],
@@ -119,6 +120,12 @@ impl Telemetry {
             "Retries not made because the pool's retry budget was spent.",
             &["pool"],
         )?;
+        let decisions = counter(
+            &registry,
+            "switchyard_balancer_decisions_total",
+            "Backend choices by who made them: the plugin, or the round-robin fallback because the plugin declined (e.g. a request without its hash key) or failed, or the native selector.",
+            &["pool", "decision"],
+        )?;
         let refused = counter(
             &registry,
             "switchyard_refused_total",
@@ -143,6 +150,7 @@ impl Telemetry {
             connect_errors,
             retries,
             retry_budget_exhausted,
+            decisions,
             refused,
             outside_pools,
             in_flight: AtomicUsize::new(0),
@@ -156,6 +164,7 @@ impl Telemetry {
             duration: self.duration.with_label_values(&pool),
             retries: self.retries.with_label_values(&pool),
             retry_budget_exhausted: self.retry_budget_exhausted.with_label_values(&pool),
+            decisions: Decided::ALL.map(|d| self.decisions.with_label_values(&[name, d.as_str()])),
             unanswered: CLASSES.map(|c| self.requests.with_label_values(&[name, "", c])),
             backends: backends
                 .iter()
@@ -224,6 +233,7 @@ pub struct PoolTelemetry {
     duration: Histogram,
     retries: IntCounter,
     retry_budget_exhausted: IntCounter,
+    decisions: [IntCounter; Decided::ALL.len()],
     /// Requests of the pool no backend answered (no backend left, plugin failed closed).
     unanswered: [IntCounter; CLASSES.len()],
     backends: Vec<BackendTelemetry>,
@@ -263,6 +273,45 @@ impl PoolTelemetry {
     /// A retry the budget refused.
     pub fn retry_budget_exhausted(&self) {
         self.retry_budget_exhausted.inc();
+    }
+
+    /// A backend chosen, by `who`.
+    pub fn decided(&self, who: Decided) {
+        self.decisions[who as usize].inc();
+    }
+}
+
+/// Who chose a backend, as `switchyard_balancer_decisions_total{decision}` counts it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decided {
+    /// The balancer plugin.
+    Plugin,
+    /// The round-robin fallback, because the plugin answered `none` (for a hashing
+    /// balancer: the request lacked its key).
+    Declined,
+    /// The round-robin fallback, because the plugin call failed or was skipped.
+    Failed,
+    /// The native selector, with no plugin asked.
+    Native,
+}
+
+impl Decided {
+    /// Every value, in discriminant order.
+    pub const ALL: [Decided; 4] = [
+        Decided::Plugin,
+        Decided::Declined,
+        Decided::Failed,
+        Decided::Native,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Decided::Plugin => "plugin",
+            Decided::Declined => "declined",
+            Decided::Failed => "failed",
+            Decided::Native => "native",
+        }
     }
 }
 

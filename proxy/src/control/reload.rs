@@ -10,6 +10,7 @@ use crate::config::{self, Config, SystemResolver};
 use crate::plugin::registry::{FsCatalog, sha256_hex};
 use crate::plugin::request::{RequestView, placeholder_header};
 use crate::plugin::{LoadedPlugin, PoolBalancer, RouterInstance};
+use crate::pool::Pool;
 use crate::runtime::{self, Runtime};
 
 impl Control {
@@ -273,7 +274,7 @@ fn plugin_uses(runtime: &Runtime) -> Vec<PluginUse<'_>> {
                     pool_config.limits.clone(),
                 )
                 .map_err(|e| e.to_string())?;
-                self_check(&balancer, pool.backends.len())?;
+                self_check(&balancer, pool)?;
                 let pool = Arc::clone(pool);
                 Ok(Box::new(move || pool.balancer.store(Arc::new(balancer)))
                     as Box<dyn FnOnce() + '_>)
@@ -302,19 +303,12 @@ fn plugin_uses(runtime: &Runtime) -> Vec<PluginUse<'_>> {
     uses
 }
 
-/// One `select` on a fresh instance over `backends` healthy, idle backends: the plugin
-/// must answer without failing before it serves traffic.
-fn self_check(balancer: &PoolBalancer, backends: usize) -> Result<(), String> {
-    let mut table = Vec::new();
-    for id in 0..backends as u64 {
-        let row = switchyard_plugin_sdk::abi::Row {
-            weight: 1,
-            healthy: true,
-            id,
-            ..Default::default()
-        };
-        row.write(balancer.abi().stride(), &mut table);
-    }
+/// One `select` on a fresh instance over the pool's backends, all healthy and idle:
+/// the plugin must answer without failing before it serves traffic. Being the
+/// instance's first call, it runs under the `init` budget and leaves whatever the
+/// plugin builds for this pool (a ring, a table) ready for the first request.
+fn self_check(balancer: &PoolBalancer, pool: &Pool) -> Result<(), String> {
+    let mut table = pool.check_table(balancer.abi().stride());
     let mut header = placeholder_header();
     balancer
         .select(&mut header, &mut RequestView::placeholder(), &mut table)

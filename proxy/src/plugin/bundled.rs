@@ -24,6 +24,20 @@ pub const BUNDLED: &[(&str, &[u8])] = &[
             "/switchyard_plugin_latency.wasm"
         )),
     ),
+    (
+        "ring-hash",
+        include_bytes!(concat!(
+            env!("SWITCHYARD_WASM_DIR"),
+            "/switchyard_plugin_ring_hash.wasm"
+        )),
+    ),
+    (
+        "maglev",
+        include_bytes!(concat!(
+            env!("SWITCHYARD_WASM_DIR"),
+            "/switchyard_plugin_maglev.wasm"
+        )),
+    ),
 ];
 
 /// The bundled plugin called `name`.

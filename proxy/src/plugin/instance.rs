@@ -12,7 +12,7 @@
 use pingora::http::RequestHeader;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use wasmtime::Store;
 
 use super::failure::{CallStats, FailureKind, guarded, human};
@@ -27,6 +27,10 @@ use crate::config::PluginLimits;
 struct Live<W> {
     store: Store<PluginState>,
     bindings: W,
+    /// False until a call has finished: the first call of an instance runs under the
+    /// `init` budget, since a plugin may build its state on its first sight of the pool
+    /// (a hashing balancer's ring or table). See [`PluginInstance::warm_up_timed_out`].
+    warmed: bool,
 }
 
 /// A pool's balancer.
@@ -44,6 +48,10 @@ pub struct PluginInstance<W> {
     /// Timed lock: a caller waits at most one call budget for a busy instance.
     live: parking_lot::Mutex<Option<Live<W>>>,
     quarantine: Quarantine,
+    /// Set when a first call ran out the `init` budget: from then on first calls get
+    /// the call budget like any other, so a plugin that loops in every call stalls a
+    /// request for the long budget once, not after every fresh instance.
+    warm_up_timed_out: std::sync::atomic::AtomicBool,
     /// Call and failure counts.
     pub stats: CallStats,
 }
@@ -71,6 +79,7 @@ impl<W: World> PluginInstance<W> {
             config,
             limits,
             live: parking_lot::Mutex::new(None),
+            warm_up_timed_out: std::sync::atomic::AtomicBool::new(false),
             stats: CallStats::default(),
         };
         let live = instance.instantiate()?;
@@ -93,31 +102,34 @@ impl<W: World> PluginInstance<W> {
         let _ticking = self.plugin.engine.call();
         store.set_epoch_deadline(PluginEngine::deadline_ticks(self.limits.init_timeout));
         let bindings = guarded(|| W::instantiate(&self.plugin, &mut store))
-            .map_err(|e| self.call_error("instantiate", e))?;
+            .map_err(|e| self.call_error("instantiate", self.limits.init_timeout, e))?;
         match guarded(|| bindings.init(&mut store, &self.config)) {
-            Ok(Ok(())) => Ok(Live { store, bindings }),
+            Ok(Ok(())) => Ok(Live {
+                store,
+                bindings,
+                warmed: false,
+            }),
             Ok(Err(message)) => Err(PluginError::InitRejected {
                 name: self.plugin.name.clone(),
                 message,
             }),
-            Err(e) => Err(self.call_error("init", e)),
+            Err(e) => Err(self.call_error("init", self.limits.init_timeout, e)),
         }
     }
 
-    fn call_error(&self, call: &'static str, error: wasmtime::Error) -> PluginError {
+    /// The failure of `call`, which ran under `budget`.
+    fn call_error(
+        &self,
+        call: &'static str,
+        budget: Duration,
+        error: wasmtime::Error,
+    ) -> PluginError {
         let kind = match error.downcast_ref::<wasmtime::Trap>() {
             Some(wasmtime::Trap::Interrupt) => FailureKind::Timeout,
             _ => FailureKind::Trap,
         };
         let detail = match kind {
-            FailureKind::Timeout => format!(
-                "interrupted after its {} budget",
-                human(if call == "init" || call == "instantiate" {
-                    self.limits.init_timeout
-                } else {
-                    self.limits.call_timeout
-                })
-            ),
+            FailureKind::Timeout => format!("interrupted after its {} budget", human(budget)),
             _ => format!("{error:#}")
                 .lines()
                 .take(3)
@@ -237,8 +249,14 @@ impl<W: World> PluginInstance<W> {
             return Err(self.failure(call, FailureKind::Instantiate, "no instance".into()));
         };
         let _ticking = self.plugin.engine.call();
+        let warm_up = !live.warmed && !self.warm_up_timed_out.load(Ordering::Relaxed);
+        let budget = if warm_up {
+            self.limits.init_timeout.max(self.limits.call_timeout)
+        } else {
+            self.limits.call_timeout
+        };
         live.store
-            .set_epoch_deadline(PluginEngine::deadline_ticks(self.limits.call_timeout));
+            .set_epoch_deadline(PluginEngine::deadline_ticks(budget));
         let started = Instant::now();
         let result = match request {
             Some((header, view)) => {
@@ -249,6 +267,9 @@ impl<W: World> PluginInstance<W> {
             }
             None => guarded(|| f(&live.bindings, &mut live.store)),
         };
+        if result.is_ok() {
+            live.warmed = true;
+        }
         result.map_err(|e| {
             *slot = None;
             // A failure that took over half the budget (filling memory until it runs
@@ -256,7 +277,10 @@ impl<W: World> PluginInstance<W> {
             if started.elapsed() * 2 > self.limits.call_timeout {
                 self.quarantine.slow_call(Instant::now());
             }
-            let error = self.call_error(call, e);
+            let error = self.call_error(call, budget, e);
+            if warm_up && error.failure_kind() == Some(FailureKind::Timeout) {
+                self.warm_up_timed_out.store(true, Ordering::Relaxed);
+            }
             if let Some(kind) = error.failure_kind() {
                 self.stats.record_failure(kind);
             }

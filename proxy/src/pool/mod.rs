@@ -23,7 +23,7 @@ use crate::config::{
 };
 use crate::plugin::request::RequestView;
 use crate::plugin::{PluginError, PoolBalancer};
-use crate::telemetry::{PoolTelemetry, Telemetry};
+use crate::telemetry::{Decided, PoolTelemetry, Telemetry};
 use switchyard_plugin_sdk::abi::Row;
 
 /// Runs `f`, when `slow`, through `block_in_place`: a plugin that has been running out
@@ -255,6 +255,23 @@ impl Pool {
         (0..self.backends.len()).any(|i| self.eligible_in(tier, i, excluded))
     }
 
+    /// The table a fresh balancer is checked with before it takes traffic: the pool's
+    /// real backends (weights, identities), all healthy and idle, so a plugin that
+    /// builds state on its first call builds it for this pool.
+    pub fn check_table(&self, stride: usize) -> Vec<u32> {
+        let mut table = Vec::new();
+        for b in &self.backends {
+            Row {
+                weight: b.weight(),
+                healthy: true,
+                id: b.id,
+                ..Row::default()
+            }
+            .write(stride, &mut table);
+        }
+        table
+    }
+
     /// Fills `table` with a row of `stride` values per backend (the plugin's interface
     /// version's layout, `switchyard_plugin_sdk::abi`).
     fn fill_table(&self, excluded: &[usize], table: &mut Vec<u32>, stride: usize) {
@@ -285,6 +302,7 @@ impl Pool {
         let started = Instant::now();
         let balancer = self.balancer.load_full();
         if self.native_selector {
+            self.telemetry.decided(Decided::Native);
             return Ok(self.fallback(excluded).map(|index| Choice {
                 index,
                 balancer,
@@ -300,13 +318,21 @@ impl Pool {
             })
         });
         let (index, decision) = match from_plugin {
-            Ok(Some(index)) => (Some(index), Decision::Plugin),
-            Ok(None) => (self.fallback(excluded), Decision::Fallback),
+            Ok(Some(index)) => {
+                self.telemetry.decided(Decided::Plugin);
+                (Some(index), Decision::Plugin)
+            }
+            Ok(None) => {
+                self.telemetry.decided(Decided::Declined);
+                (self.fallback(excluded), Decision::Fallback)
+            }
             Err(e) if self.on_plugin_failure == OnPluginFailure::Reject => {
                 tracing::warn!(pool = %self.name, error = %e, "plugin failed; the pool is fail-closed: 503");
+                self.telemetry.decided(Decided::Failed);
                 return Err(e);
             }
             Err(e) => {
+                self.telemetry.decided(Decided::Failed);
                 // A quarantine was logged once when it began; each skipped call is not.
                 if e.failure_kind() == Some(crate::plugin::FailureKind::Quarantined) {
                     tracing::debug!(pool = %self.name, error = %e, "plugin quarantined; request served by the round-robin fallback");

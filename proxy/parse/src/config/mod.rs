@@ -76,7 +76,13 @@ pub trait PluginCatalog {
 pub struct FixedCatalog(pub &'static [&'static str]);
 
 /// The names of the bundled balancers.
-pub const BUNDLED_NAMES: FixedCatalog = FixedCatalog(&["latency", "least-conn", "round-robin"]);
+pub const BUNDLED_NAMES: FixedCatalog = FixedCatalog(&[
+    "latency",
+    "least-conn",
+    "maglev",
+    "ring-hash",
+    "round-robin",
+]);
 
 impl PluginCatalog for FixedCatalog {
     fn has_plugin(&self, name: &str, _dir: Option<&Path>) -> bool {
