@@ -165,6 +165,59 @@ pub fn human(request: &Value, reply: &Value) -> String {
                 s(&reply["weight"])
             );
         }
+        "shadow" => {
+            let agreement = reply["agreement"]
+                .as_f64()
+                .map_or("-".to_owned(), |a| format!("{:.1} %", 100.0 * a));
+            let _ = writeln!(
+                out,
+                "pool {}: live {}, shadow {} (sample {})",
+                s(&reply["pool"]),
+                s(&reply["live"]),
+                s(&reply["shadow"]),
+                s(&reply["sample"])
+            );
+            let _ = writeln!(
+                out,
+                "agreement {agreement} of {} sampled request(s); shadow declined {}, failed {}; {} dropped while it was behind{}",
+                s(&reply["samples"]),
+                s(&reply["declined"]),
+                s(&reply["failed"]),
+                s(&reply["dropped"]),
+                if reply["quarantined"] == true {
+                    "; shadow quarantined"
+                } else {
+                    ""
+                }
+            );
+            let l = &reply["latency_us"];
+            let _ = writeln!(
+                out,
+                "host-measured latency of the chosen backends: live {} µs, shadow would have had {} µs (mean over {} request(s))",
+                s(&l["live_mean"]),
+                s(&l["shadow_mean"]),
+                s(&l["samples"])
+            );
+            let _ = writeln!(out, "{:<22} {:>12} {:>12}", "BACKEND", "LIVE", "SHADOW");
+            for b in reply["backends"].as_array().into_iter().flatten() {
+                let _ = writeln!(
+                    out,
+                    "{:<22} {:>12} {:>12}",
+                    s(&b["addr"]),
+                    s(&b["live_picks"]),
+                    s(&b["shadow_picks"])
+                );
+            }
+        }
+        "promote" => {
+            let _ = writeln!(
+                out,
+                "pool {}: live balancer is now {}, shadow {}",
+                s(&reply["pool"]),
+                s(&reply["live"]),
+                s(&reply["shadow"])
+            );
+        }
         "config-reload" => {
             let _ = writeln!(
                 out,

@@ -9,6 +9,7 @@ pub mod admin;
 pub use switchyard_parse::config;
 pub mod connections;
 pub mod control;
+pub mod ctl_command;
 pub mod ctl_format;
 pub mod demo_backend;
 pub mod edge;

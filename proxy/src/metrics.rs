@@ -72,9 +72,11 @@ pub fn render(control: &Control) -> prometheus::Result<String> {
                 .set(i64::from(b.in_flight()));
         }
     }
-    let balancers = runtime.pools.iter().map(|p| {
-        let b = p.balancer.load_full();
-        (b.plugin().name.clone(), b.stats.snapshot())
+    let balancers = runtime.pools.iter().flat_map(|p| {
+        let shadow = p.shadow.as_ref().map(|s| s.balancer.load_full());
+        std::iter::once(p.balancer.load_full())
+            .chain(shadow)
+            .map(|b| (b.plugin().name.clone(), b.stats.snapshot()))
     });
     let routers = runtime.routers.iter().map(|r| {
         let i = r.instance.load_full();
@@ -110,6 +112,7 @@ pub fn render(control: &Control) -> prometheus::Result<String> {
     )?;
     refused_total.inc_by(refused);
     state.register(Box::new(refused_total))?;
+    shadows(&state, control)?;
     let (ok, failed) = control.reload_counts();
     reloads.with_label_values(&["ok"]).inc_by(ok);
     reloads.with_label_values(&["failed"]).inc_by(failed);
@@ -119,6 +122,74 @@ pub fn render(control: &Control) -> prometheus::Result<String> {
     let mut out = Vec::new();
     TextEncoder::new().encode(&families, &mut out)?;
     Ok(String::from_utf8_lossy(&out).into_owned())
+}
+
+/// What each pool's shadow balancer did: its agreement with the live balancer, both
+/// balancers' picks per backend, its failures by kind and the samples it missed.
+fn shadows(state: &Registry, control: &Control) -> prometheus::Result<()> {
+    let decisions = counter(
+        state,
+        "switchyard_shadow_decisions_total",
+        "Requests shown to a pool's shadow balancer, by whether it picked the backend the live balancer picked.",
+        &["pool", "agreed"],
+    )?;
+    let picks = counter(
+        state,
+        "switchyard_shadow_picks_total",
+        "The shadow balancer's picks per backend.",
+        &["pool", "backend"],
+    )?;
+    let live_picks = counter(
+        state,
+        "switchyard_shadow_live_picks_total",
+        "The live balancer's picks per backend, for the requests shown to the shadow.",
+        &["pool", "backend"],
+    )?;
+    let failures = counter(
+        state,
+        "switchyard_shadow_failures_total",
+        "Failed or skipped calls of the shadow balancer, by kind.",
+        &["pool", "kind"],
+    )?;
+    let dropped = counter(
+        state,
+        "switchyard_shadow_dropped_total",
+        "Requests not shown to the shadow balancer because it was behind.",
+        &["pool"],
+    )?;
+    let runtime = control.runtime();
+    for pool in &runtime.pools {
+        let Some(shadow) = &pool.shadow else { continue };
+        let n = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+        let st = &shadow.stats;
+        let (samples, agreed) = (n(&st.samples), n(&st.agreed));
+        decisions
+            .with_label_values(&[&pool.name, "true"])
+            .inc_by(agreed);
+        decisions
+            .with_label_values(&[&pool.name, "false"])
+            .inc_by(samples.saturating_sub(agreed));
+        for (i, b) in pool.backends.iter().enumerate() {
+            let addr = b.addr.to_string();
+            let labels = [pool.name.as_str(), addr.as_str()];
+            picks
+                .with_label_values(&labels)
+                .inc_by(st.shadow_picks.get(i).map_or(0, n));
+            live_picks
+                .with_label_values(&labels)
+                .inc_by(st.live_picks.get(i).map_or(0, n));
+        }
+        let (_, by_kind) = shadow.balancer.load().stats.snapshot();
+        for (kind, count) in FailureKind::ALL.iter().zip(by_kind) {
+            failures
+                .with_label_values(&[&pool.name, kind.as_str()])
+                .inc_by(count);
+        }
+        dropped
+            .with_label_values(&[&pool.name])
+            .inc_by(n(&st.dropped));
+    }
+    Ok(())
 }
 
 /// The `/metrics` endpoint: a Pingora background service serving a listener bound at

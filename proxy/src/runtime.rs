@@ -12,7 +12,7 @@ use crate::plugin::{
     LoadedPlugin, PluginEngine, PluginError, PluginRegistry, PoolBalancer, RouterInstance,
     WorldKind,
 };
-use crate::pool::Pool;
+use crate::pool::{Pool, Shadow};
 use crate::router::Router;
 use crate::telemetry::Telemetry;
 
@@ -103,10 +103,13 @@ pub fn build_runtime(
     let registry = registry(config, engine)?;
     let mut reusable: HashMap<(String, String), Arc<LoadedPlugin>> = HashMap::new();
     if let Some(previous) = previous {
-        let balancers = previous
-            .pools
-            .iter()
-            .map(|p| Arc::clone(p.balancer.load().plugin()));
+        let balancers = previous.pools.iter().flat_map(|p| {
+            let shadow = p
+                .shadow
+                .as_ref()
+                .map(|s| Arc::clone(s.balancer.load().plugin()));
+            std::iter::once(Arc::clone(p.balancer.load().plugin())).chain(shadow)
+        });
         let routers = previous
             .routers
             .iter()
@@ -148,6 +151,22 @@ pub fn build_runtime(
         match PoolBalancer::new(plugin, pool.balancer_config.clone(), pool.limits.clone()) {
             Ok(balancer) => {
                 let mut new = Pool::new(pool, balancer, telemetry);
+                if let Some(shadow) = &pool.shadow {
+                    let at = format!("{} (pool {:?} shadow)", shadow.at, pool.name);
+                    let Some(plugin) = load(&shadow.plugin, WorldKind::Balancer, &at, &mut errors)
+                    else {
+                        continue;
+                    };
+                    match PoolBalancer::new(plugin, shadow.config.clone(), pool.limits.clone()) {
+                        Ok(b) => {
+                            new.shadow = Some(Shadow::new(b, shadow.sample, pool.backends.len()))
+                        }
+                        Err(e) => {
+                            errors.push((at, e));
+                            continue;
+                        }
+                    }
+                }
                 if let Some(path) = pool.tls.as_ref().and_then(|t| t.ca_file.as_ref()) {
                     match crate::tls::load_ca(path) {
                         Ok(ca) => new.ca = Some(ca),

@@ -21,6 +21,7 @@ use crate::telemetry::Telemetry;
 use crate::tls::ListenerCertificates;
 
 mod reload;
+mod shadow;
 
 /// A failed operation: the message goes to the operator as is.
 pub type OpResult = Result<Value, String>;
@@ -144,8 +145,10 @@ impl Control {
                 self.set_weight(need("pool")?, need("addr")?, weight as u32)
             }
             "config-reload" => self.reload_config(),
+            "shadow" => self.shadow(need("pool")?),
+            "promote" => self.promote(need("pool")?),
             other => Err(format!(
-                "unknown command {other:?}; commands: status, plugins, backends [POOL], reload [PLUGIN], drain POOL ADDR, undrain POOL ADDR, weight POOL ADDR N, config-reload"
+                "unknown command {other:?}; commands: status, plugins, backends [POOL], reload [PLUGIN], drain POOL ADDR, undrain POOL ADDR, weight POOL ADDR N, shadow POOL, promote POOL, config-reload"
             )),
         }
     }
@@ -175,14 +178,20 @@ impl Control {
         let runtime = self.runtime.load();
         let mut by_name: BTreeMap<String, Value> = BTreeMap::new();
         // (plugin, its counters, where it is used), for balancers and routers alike.
-        let balancers = runtime.pools.iter().map(|p| {
-            let b = p.balancer.load_full();
-            (
-                Arc::clone(b.plugin()),
-                b.stats.snapshot(),
-                b.quarantine_state(),
-                p.name.clone(),
-            )
+        let balancers = runtime.pools.iter().flat_map(|p| {
+            let live = (p.balancer.load_full(), p.name.clone());
+            let shadow = p
+                .shadow
+                .as_ref()
+                .map(|s| (s.balancer.load_full(), format!("{} shadow", p.name)));
+            std::iter::once(live).chain(shadow).map(|(b, site)| {
+                (
+                    Arc::clone(b.plugin()),
+                    b.stats.snapshot(),
+                    b.quarantine_state(),
+                    site,
+                )
+            })
         });
         let routers = runtime.routers.iter().map(|r| {
             let i = r.instance.load_full();

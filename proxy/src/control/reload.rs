@@ -259,27 +259,31 @@ struct PluginUse<'a> {
 fn plugin_uses(runtime: &Runtime) -> Vec<PluginUse<'_>> {
     let mut uses = Vec::new();
     for pool in &runtime.pools {
+        // A reloaded plugin keeps the settings of the instance it replaces: after a
+        // `promote`, the live slot holds the former shadow with the shadow's settings.
+        let live = pool.balancer.load_full();
         uses.push(PluginUse {
-            plugin: Arc::clone(pool.balancer.load().plugin()),
+            plugin: Arc::clone(live.plugin()),
             site: pool.name.clone(),
-            prepare: Box::new(move |plugin, config| {
-                let pool_config = config
-                    .pools
-                    .iter()
-                    .find(|c| c.name == pool.name)
-                    .ok_or("the pool is no longer configured")?;
-                let balancer = PoolBalancer::new(
-                    Arc::clone(plugin),
-                    pool_config.balancer_config.clone(),
-                    pool_config.limits.clone(),
-                )
-                .map_err(|e| e.to_string())?;
-                self_check(&balancer, pool)?;
+            prepare: Box::new(move |plugin, _| {
+                let balancer = successor(&live, plugin, pool)?;
                 let pool = Arc::clone(pool);
                 Ok(Box::new(move || pool.balancer.store(Arc::new(balancer)))
                     as Box<dyn FnOnce() + '_>)
             }),
         });
+        if let Some(shadow) = &pool.shadow {
+            let current = shadow.balancer.load_full();
+            uses.push(PluginUse {
+                plugin: Arc::clone(current.plugin()),
+                site: format!("{} shadow", pool.name),
+                prepare: Box::new(move |plugin, _| {
+                    let balancer = successor(&current, plugin, pool)?;
+                    Ok(Box::new(move || shadow.balancer.store(Arc::new(balancer)))
+                        as Box<dyn FnOnce() + '_>)
+                }),
+            });
+        }
     }
     for slot in &runtime.routers {
         uses.push(PluginUse {
@@ -301,6 +305,19 @@ fn plugin_uses(runtime: &Runtime) -> Vec<PluginUse<'_>> {
         });
     }
     uses
+}
+
+/// A fresh instance of `plugin` with the settings of `current`, self-checked.
+fn successor(
+    current: &PoolBalancer,
+    plugin: &Arc<LoadedPlugin>,
+    pool: &Pool,
+) -> Result<PoolBalancer, String> {
+    let (config, limits) = current.settings();
+    let balancer = PoolBalancer::new(Arc::clone(plugin), config.to_vec(), limits.clone())
+        .map_err(|e| e.to_string())?;
+    self_check(&balancer, pool)?;
+    Ok(balancer)
 }
 
 /// One `select` on a fresh instance over the pool's backends, all healthy and idle:

@@ -92,6 +92,11 @@ impl<W: World> PluginInstance<W> {
         &self.plugin
     }
 
+    /// The configuration `init` was given, and the sandbox limits.
+    pub fn settings(&self) -> (&[(String, String)], &PluginLimits) {
+        (&self.config, &self.limits)
+    }
+
     fn instantiate(&self) -> Result<Live<W>, PluginError> {
         let mut store = Store::new(
             self.plugin.engine.engine(),

@@ -15,7 +15,7 @@ pub struct RequestHandle;
 
 /// What a plugin may read of a request besides its header fields: the canonical host
 /// and path routes matched (see `switchyard_parse::request`), and the client.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct RequestView {
     /// Lower case, without port or trailing dot.
     pub host: String,

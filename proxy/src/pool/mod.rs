@@ -5,6 +5,7 @@
 mod backend;
 mod outlier;
 mod retry_budget;
+pub mod shadow;
 
 pub use backend::Backend;
 pub use retry_budget::RetryBudget;
@@ -24,6 +25,7 @@ use crate::config::{
 use crate::plugin::request::RequestView;
 use crate::plugin::{PluginError, PoolBalancer};
 use crate::telemetry::{Decided, PoolTelemetry, Telemetry};
+pub use shadow::Shadow;
 use switchyard_plugin_sdk::abi::Row;
 
 /// Runs `f`, when `slow`, through `block_in_place`: a plugin that has been running out
@@ -81,6 +83,8 @@ pub struct Choice {
     pub decision: Decision,
     /// Time spent deciding.
     pub took: Duration,
+    /// The shadow balancer asked about this request, to be told how it ends.
+    pub shadow: Option<Arc<PoolBalancer>>,
 }
 
 /// A named pool of backends with its balancer.
@@ -120,6 +124,8 @@ pub struct Pool {
     /// Skip the plugin and choose with the native round-robin: the baseline that
     /// isolates what a Wasm decision costs (`SWITCHYARD_NATIVE_SELECTOR=1`).
     pub native_selector: bool,
+    /// A second balancer shown a sample of the requests, never obeyed.
+    pub shadow: Option<Shadow>,
     fallback_cursor: AtomicUsize,
 }
 
@@ -155,6 +161,7 @@ impl Pool {
             retry_budget: RetryBudget::new(config.retry_budget_percent),
             native_selector: std::env::var_os("SWITCHYARD_NATIVE_SELECTOR")
                 .is_some_and(|v| v == "1"),
+            shadow: None,
             fallback_cursor: AtomicUsize::new(0),
         }
     }
@@ -308,6 +315,7 @@ impl Pool {
                 balancer,
                 decision: Decision::Native,
                 took: started.elapsed(),
+                shadow: None,
             }));
         }
         let from_plugin = TABLE.with(|cell| {
@@ -342,12 +350,47 @@ impl Pool {
                 (self.fallback(excluded), Decision::Fallback)
             }
         };
+        let took = started.elapsed();
+        let shadow = match (&self.shadow, index) {
+            (Some(shadow), Some(live)) if shadow.sampled() => self.ask_shadow(
+                shadow,
+                header,
+                view,
+                excluded,
+                balancer.abi().stride(),
+                live,
+            ),
+            _ => None,
+        };
         Ok(index.map(|index| Choice {
             index,
             balancer,
             decision,
-            took: started.elapsed(),
+            took,
+            shadow,
         }))
+    }
+
+    /// Shows the request to the shadow, with the table the live balancer saw (the same
+    /// rows, refilled only when the shadow speaks another interface version).
+    fn ask_shadow(
+        &self,
+        shadow: &Shadow,
+        header: &RequestHeader,
+        view: &RequestView,
+        excluded: &[usize],
+        live_stride: usize,
+        live: usize,
+    ) -> Option<Arc<PoolBalancer>> {
+        let stride = shadow.balancer.load().abi().stride();
+        let table = if stride == live_stride {
+            TABLE.with(|cell| cell.borrow().clone())
+        } else {
+            let mut table = Vec::new();
+            self.fill_table(excluded, &mut table, stride);
+            table
+        };
+        shadow.ask(header, view, table, stride, live)
     }
 
     /// Native round-robin over the eligible backends.
@@ -370,7 +413,17 @@ impl Pool {
     /// Marks the end of a request on backend `i`: `status` 0 when it failed before
     /// answering; `latency` to the response header (or to the failure). `balancer` is
     /// the one that chose the backend.
-    pub fn finish(&self, balancer: &PoolBalancer, i: usize, status: u16, latency: Duration) {
+    pub fn finish(
+        &self,
+        balancer: &PoolBalancer,
+        shadow: Option<Arc<PoolBalancer>>,
+        i: usize,
+        status: u16,
+        latency: Duration,
+    ) {
+        if let Some(shadow) = shadow {
+            shadow::tell(shadow, i, status, latency);
+        }
         let Some(b) = self.backends.get(i) else {
             return;
         };

@@ -15,6 +15,8 @@ use crate::telemetry::InFlight;
 pub(super) struct Attempt {
     pub backend: usize,
     pub balancer: Arc<PoolBalancer>,
+    /// The shadow balancer shown this attempt, if it was sampled.
+    pub shadow: Option<Arc<PoolBalancer>>,
     pub started: Instant,
     pub status: u16,
     pub time_to_header: Option<Duration>,
@@ -119,6 +121,6 @@ impl RequestCtx {
         let status = if failed { 0 } else { a.status };
         self.upstream_time = a.time_to_header;
         let latency = a.time_to_header.unwrap_or_else(|| a.started.elapsed());
-        pool.finish(&a.balancer, a.backend, status, latency);
+        pool.finish(&a.balancer, a.shadow, a.backend, status, latency);
     }
 }

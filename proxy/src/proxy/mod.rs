@@ -168,6 +168,7 @@ impl ProxyHttp for Switchyard {
         ctx.attempt = Some(Attempt {
             backend: choice.index,
             balancer: choice.balancer,
+            shadow: choice.shadow,
             started: Instant::now(),
             status: 0,
             time_to_header: None,

@@ -135,6 +135,20 @@ pub enum OnPluginFailure {
     Reject,
 }
 
+/// A pool's `shadow`: a balancer plugin shown the same requests and backend table as
+/// the live one, whose picks are recorded and compared, never used.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ShadowConfig {
+    /// Plugin name.
+    pub plugin: String,
+    /// Where `shadow` is written, for plugin errors.
+    pub at: Location,
+    /// `shadow_config`, as strings, for the plugin's `init`.
+    pub config: Vec<(String, String)>,
+    /// Share of the pool's requests also shown to the shadow, in (0, 1].
+    pub sample: f64,
+}
+
 /// `[[pools]]`
 #[derive(Clone, Debug)]
 pub struct PoolConfig {
@@ -146,6 +160,8 @@ pub struct PoolConfig {
     pub balancer_at: Location,
     /// `balancer_config`, as strings, for the plugin's `init`.
     pub balancer_config: Vec<(String, String)>,
+    /// A second balancer asked on a sample of requests and never obeyed, if any.
+    pub shadow: Option<ShadowConfig>,
     /// Backends, in file order; the plugin sees them by this index.
     pub backends: Vec<BackendConfig>,
     /// Timeout to establish a connection to a backend.

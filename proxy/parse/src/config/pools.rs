@@ -7,7 +7,7 @@ use toml::Spanned;
 
 use super::model::{
     BackendConfig, HealthCheck, HealthCheckKind, OnPluginFailure, OutlierDetection, PluginSettings,
-    PoolConfig, UpstreamProtocol, UpstreamTimeouts, UpstreamTls,
+    PoolConfig, ShadowConfig, UpstreamProtocol, UpstreamTimeouts, UpstreamTls,
 };
 use super::raw::{RawHealthCheck, RawOutlier, RawPool};
 use super::validate::{Bounds, MAX_EJECTION, Validator};
@@ -44,6 +44,7 @@ impl Validator<'_> {
             raw.balancer_config.as_ref(),
             &format!("{table}.balancer_config"),
         );
+        let shadow = self.shadow(&table, raw, plugins);
         let backends = self.backends(&table, raw, span.clone());
         let connect_timeout = self.duration(
             raw.connect_timeout.as_ref(),
@@ -122,6 +123,7 @@ impl Validator<'_> {
             balancer: balancer?.get_ref().clone(),
             balancer_at: self.at(balancer?.span()),
             balancer_config,
+            shadow,
             backends,
             connect_timeout,
             retries,
@@ -134,6 +136,54 @@ impl Validator<'_> {
             retry_budget_percent,
             tls,
             protocol,
+        })
+    }
+
+    /// `shadow`, `shadow_config` and `shadow_sample`.
+    fn shadow(
+        &mut self,
+        table: &str,
+        raw: &RawPool,
+        plugins: &PluginSettings,
+    ) -> Option<ShadowConfig> {
+        let Some(name) = raw.shadow.as_ref() else {
+            if let Some(v) = raw.shadow_config.as_ref() {
+                self.invalid(v, format!("{table}.shadow_config"), "there is no `shadow` in this pool to configure; name the shadow plugin with shadow = \"…\"");
+            }
+            if let Some(v) = raw.shadow_sample.as_ref() {
+                self.invalid(v, format!("{table}.shadow_sample"), "there is no `shadow` in this pool to sample for; name the shadow plugin with shadow = \"…\"");
+            }
+            return None;
+        };
+        let config = self.plugin_config(
+            raw.shadow_config.as_ref(),
+            &format!("{table}.shadow_config"),
+        );
+        let sample = match raw.shadow_sample.as_ref() {
+            None => 1.0,
+            Some(v) => {
+                let share = match v.get_ref() {
+                    toml::Value::Float(x) => Some(*x),
+                    toml::Value::Integer(n) => Some(*n as f64),
+                    _ => None,
+                };
+                match share.filter(|x| *x > 0.0 && *x <= 1.0) {
+                    Some(x) => x,
+                    None => {
+                        self.invalid(v, format!("{table}.shadow_sample"), "must be a share of requests above 0 and at most 1, like 0.1 for one request in ten");
+                        1.0
+                    }
+                }
+            }
+        };
+        if !self.known_plugin(name, &format!("{table}.shadow"), plugins, "plugin") {
+            return None;
+        }
+        Some(ShadowConfig {
+            plugin: name.get_ref().clone(),
+            at: self.at(name.span()),
+            config,
+            sample,
         })
     }
 

@@ -102,6 +102,9 @@ pub(super) struct RawPool {
     pub name: Option<Text>,
     pub balancer: Option<Text>,
     pub balancer_config: Option<Spanned<PluginTable>>,
+    pub shadow: Option<Text>,
+    pub shadow_config: Option<Spanned<PluginTable>>,
+    pub shadow_sample: Option<Spanned<toml::Value>>,
     #[serde(default)]
     pub backends: Vec<Spanned<RawBackend>>,
     pub connect_timeout: Option<Text>,

@@ -45,6 +45,12 @@ fn outcome(file: &Path, text: &str) -> String {
                     "  timeouts {:?}, retry_on {:?}, retry_budget {}%, tls {:?}, protocol {:?}\n",
                     p.timeouts, p.retry_on, p.retry_budget_percent, p.tls, p.protocol
                 ));
+                if let Some(sh) = &p.shadow {
+                    out.push_str(&format!(
+                        "  shadow {} at {}, config {:?}, sample {}\n",
+                        sh.plugin, sh.at, sh.config, sh.sample
+                    ));
+                }
                 for b in &p.backends {
                     out.push_str(&format!(
                         "  backend {} weight {} backup {}\n",
