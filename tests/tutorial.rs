@@ -1,7 +1,8 @@
 //! `examples/README.md`, step by step: its shell commands run as written — a new crate
 //! made with `cargo new`, the SDK added with `cargo add`, tested natively, built to
 //! wasm32-wasip2, checked — then the plugin is dropped into a running proxy's plugins
-//! directory, reloaded through the admin socket, listed by `ctl plugins`, and serves.
+//! directory, reloaded through the admin socket, listed by `ctl plugins`, and serves;
+//! then "Try your balancer before it takes traffic": simulated, shadowed, promoted.
 
 mod support;
 
@@ -131,6 +132,65 @@ async fn the_tutorial_plugin_is_built_tested_dropped_in_reloaded_and_serves() {
         after.iter().collect::<std::collections::HashSet<_>>().len(),
         1,
         "sticky: {after:?}"
+    );
+    drop(proxy);
+
+    // Try it before it takes traffic. Simulate, as written:
+    let simulate = shell
+        .iter()
+        .find(|b| b.contains("plugin simulate"))
+        .unwrap();
+    let report = run(&krate, simulate, &path);
+    assert!(
+        report.contains("sticky_ip") && report.contains("round-robin"),
+        "{report}"
+    );
+    assert!(report.contains("latency p50/p99/p99.9"), "{report}");
+    // Shadow: the guide's pool, with this test's backends.
+    let pool = &blocks
+        .iter()
+        .find(|(l, b)| l == "toml" && b.contains("shadow = \"web-lb\""))
+        .unwrap()
+        .1;
+    let proxy = Proxy::start(
+        &format!("{pool}backends = {}\n", backends_toml(&b, &[])),
+        &[("web-lb", built.clone())],
+    );
+    let served = futures_backends(&proxy, 40).await;
+    assert_eq!(
+        served
+            .iter()
+            .collect::<std::collections::HashSet<_>>()
+            .len(),
+        3,
+        "round-robin stays live: {served:?}"
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let shadow = loop {
+        let (code, text, err) = proxy.ctl(&["shadow", "web"]);
+        assert_eq!(code, 0, "{text}{err}");
+        if text.contains("of 20 sampled") || std::time::Instant::now() > deadline {
+            break text;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert!(
+        shadow.contains("pool web: live round-robin, shadow web-lb (sample 0.5)")
+            && shadow.contains("of 20 sampled request(s)"),
+        "{shadow}"
+    );
+    // Promote: the plugin is live, sticky, with nothing reloaded.
+    let (code, promoted, err) = proxy.ctl(&["promote", "web"]);
+    assert_eq!(code, 0, "{promoted}{err}");
+    assert!(
+        promoted.contains("pool web: live balancer is now web-lb, shadow round-robin"),
+        "{promoted}"
+    );
+    let after = futures_backends(&proxy, 12).await;
+    assert_eq!(
+        after.iter().collect::<std::collections::HashSet<_>>().len(),
+        1,
+        "sticky once promoted: {after:?}"
     );
 }
 

@@ -46,6 +46,14 @@
 //! Unit-test it natively with the `testing` feature ([`testing`]): build a request and a
 //! backend table and call `select` yourself.
 //!
+//! ## Hashing balancers
+//!
+//! [`KeySource`] reads a key (`client-ip`, `header:NAME`, `cookie:NAME`, `path`,
+//! `query:NAME`) from a request; [`hashing`] has a stable 64-bit hash, the membership
+//! fingerprint that says when a ring or table must be rebuilt, consistent hashing with
+//! bounded loads, and `first_fit` over a key's choices. The bundled `ring-hash` and
+//! `maglev` plugins are built from them.
+//!
 //! ## Interface version
 //!
 //! This SDK builds plugins against `switchyard:plugin@0.2.0` (its WIT ships in this

@@ -23,5 +23,6 @@ pub mod router;
 pub mod runtime;
 pub mod server;
 pub mod shutdown;
+pub mod simulate;
 pub mod telemetry;
 pub mod tls;

@@ -83,6 +83,10 @@ enum PluginCommand {
         #[arg(long = "set", value_name = "KEY=VALUE")]
         settings: Vec<String>,
     },
+    /// Run a balancer plugin in front of simulated backends, in virtual time: shares,
+    /// in-flight, latency percentiles and failures per backend, optionally beside
+    /// another plugin on the same arrivals. Same seed, same output.
+    Simulate(switchyard::simulate::SimulateArgs),
 }
 
 /// Installs the logger (see [`logging`]); says why and gives `None` if it cannot.
@@ -123,6 +127,19 @@ fn main() -> ExitCode {
         Command::Plugin {
             command: PluginCommand::Check { file, settings },
         } => plugin_check(&file, &settings),
+        Command::Plugin {
+            command: PluginCommand::Simulate(args),
+        } => match switchyard::simulate::run(&args) {
+            Ok((report, speed)) => {
+                print!("{report}");
+                eprintln!("{speed}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(2)
+            }
+        },
     }
 }
 

@@ -279,6 +279,11 @@ impl PoolTelemetry {
     pub fn decided(&self, who: Decided) {
         self.decisions[who as usize].inc();
     }
+
+    /// The choices so far, by who made them (in [`Decided::ALL`] order).
+    pub fn decisions(&self) -> [u64; Decided::ALL.len()] {
+        self.decisions.each_ref().map(IntCounter::get)
+    }
 }
 
 /// Who chose a backend, as `switchyard_balancer_decisions_total{decision}` counts it.

@@ -100,7 +100,11 @@ impl<W: World> PluginInstance<W> {
     fn instantiate(&self) -> Result<Live<W>, PluginError> {
         let mut store = Store::new(
             self.plugin.engine.engine(),
-            PluginState::new(&self.output, self.limits.memory_bytes),
+            PluginState::new(
+                &self.output,
+                self.limits.memory_bytes,
+                self.plugin.engine.virtual_world(),
+            ),
         );
         store.limiter(|state| &mut state.limits);
         store.epoch_deadline_trap();
@@ -181,7 +185,7 @@ impl<W: World> PluginInstance<W> {
         request: Option<(&mut RequestHeader, &mut RequestView)>,
         f: impl FnOnce(&W, &mut Store<PluginState>) -> wasmtime::Result<R>,
     ) -> Result<R, PluginError> {
-        if let Some(detail) = self.quarantine.blocked(Instant::now()) {
+        if let Some(detail) = self.quarantine.blocked_now() {
             self.stats.record_failure(FailureKind::Quarantined);
             return Err(self.failure(call, FailureKind::Quarantined, detail));
         }
@@ -195,9 +199,19 @@ impl<W: World> PluginInstance<W> {
         result
     }
 
+    /// True while quarantined, and the skipped call counted as such: for a caller
+    /// that would rather not prepare a call that will not be made.
+    pub fn skip_while_quarantined(&self) -> bool {
+        let skip = self.quarantine.is_quarantined_now();
+        if skip {
+            self.stats.record_failure(FailureKind::Quarantined);
+        }
+        skip
+    }
+
     /// `Some(why)` while quarantined.
     pub(super) fn quarantined_for(&self) -> Option<String> {
-        self.quarantine.blocked(Instant::now())
+        self.quarantine.blocked_now()
     }
 
     /// Records a failure towards a quarantine.
@@ -213,7 +227,7 @@ impl<W: World> PluginInstance<W> {
     /// True when a call ran out its budget within the last quarantine window: the next
     /// calls may too, so the caller should not hold up other work meanwhile.
     pub fn is_slow(&self) -> bool {
-        self.quarantine.is_slow(Instant::now())
+        self.quarantine.is_slow_now()
     }
 
     /// Whether the plugin is quarantined now, and its last error.
@@ -262,7 +276,9 @@ impl<W: World> PluginInstance<W> {
         };
         live.store
             .set_epoch_deadline(PluginEngine::deadline_ticks(budget));
-        let started = Instant::now();
+        // The ticker's coarse clock, not `Instant::now()`: read on every call, needed
+        // only when the call fails.
+        let started = self.plugin.engine.ticks();
         let result = match request {
             Some((header, view)) => {
                 live.store.data_mut().request.swap(header, view);
@@ -279,7 +295,8 @@ impl<W: World> PluginInstance<W> {
             *slot = None;
             // A failure that took over half the budget (filling memory until it runs
             // out, say) holds the thread like a timeout does.
-            if started.elapsed() * 2 > self.limits.call_timeout {
+            let took = PluginEngine::ticks_to_time(self.plugin.engine.ticks() - started);
+            if took * 2 > self.limits.call_timeout {
                 self.quarantine.slow_call(Instant::now());
             }
             let error = self.call_error(call, budget, e);

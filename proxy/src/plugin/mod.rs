@@ -8,6 +8,7 @@
 //!   it is not called; [`failure`] counts how calls fail.
 //! - [`balancer`], [`router`]: each world's calls, with the answer checked.
 //! - [`request`]: what a plugin reads of the request.
+//! - [`virtual_world`]: simulated time and seeded randomness, for the simulator.
 
 pub mod balancer;
 pub mod bundled;
@@ -21,6 +22,7 @@ pub mod router;
 pub mod sandbox;
 pub mod state;
 pub mod ticker;
+pub mod virtual_world;
 pub mod worlds;
 
 pub use failure::FailureKind;

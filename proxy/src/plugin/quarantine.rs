@@ -86,6 +86,26 @@ impl Quarantine {
         })
     }
 
+    /// [`Quarantine::blocked`] now; reads the clock only when the record is troubled.
+    pub fn blocked_now(&self) -> Option<String> {
+        if !self.troubled.load(Ordering::Acquire) {
+            return None;
+        }
+        self.blocked(Instant::now())
+    }
+
+    /// Whether calls are skipped now, without composing the reason; reads the clock
+    /// only when the record is troubled.
+    pub fn is_quarantined_now(&self) -> bool {
+        self.troubled.load(Ordering::Acquire)
+            && self.record.lock().until.is_some_and(|u| u > Instant::now())
+    }
+
+    /// [`Quarantine::is_slow`] now; reads the clock only when the record is troubled.
+    pub fn is_slow_now(&self) -> bool {
+        self.troubled.load(Ordering::Acquire) && self.is_slow(Instant::now())
+    }
+
     /// A decision succeeded: a probation ends the quarantine and its back-off.
     pub fn succeeded(&self) {
         if !self.troubled.load(Ordering::Acquire) {

@@ -32,6 +32,7 @@ use wasmtime_wasi_io::streams::{DynInputStream, DynOutputStream, StreamError, St
 
 use super::state::PluginState;
 use super::ticker::{CallInProgress, EPOCH_TICK, EpochTicker};
+use super::virtual_world::VirtualWorld;
 
 /// The one wasmtime engine of the process, with the epoch ticker that enforces call
 /// deadlines.
@@ -39,6 +40,8 @@ use super::ticker::{CallInProgress, EPOCH_TICK, EpochTicker};
 pub struct PluginEngine {
     engine: Engine,
     ticker: Arc<EpochTicker>,
+    /// Set for the simulator: instances read simulated time and seeded randomness.
+    virtual_world: Option<Arc<VirtualWorld>>,
 }
 
 impl std::fmt::Debug for PluginEngine {
@@ -76,7 +79,11 @@ impl PluginEngine {
         let engine = Engine::new(&config)?;
         let ticker = EpochTicker::start(engine.weak())
             .map_err(|e| wasmtime::format_err!("cannot start the epoch ticker thread: {e}"))?;
-        Ok(PluginEngine { engine, ticker })
+        Ok(PluginEngine {
+            engine,
+            ticker,
+            virtual_world: None,
+        })
     }
 
     /// The wasmtime engine.
@@ -84,10 +91,33 @@ impl PluginEngine {
         &self.engine
     }
 
+    /// This engine with instances living in `world` (simulated time, seeded
+    /// randomness), for the simulator.
+    pub fn in_virtual_world(mut self, world: Arc<VirtualWorld>) -> Self {
+        self.virtual_world = Some(world);
+        self
+    }
+
+    /// The simulated world instances live in, if any.
+    pub fn virtual_world(&self) -> Option<&VirtualWorld> {
+        self.virtual_world.as_deref()
+    }
+
     /// Keeps the epoch advancing while the returned guard lives: take it before setting
     /// a store's deadline and hold it for the call.
     pub fn call(&self) -> CallInProgress<'_> {
         self.ticker.call()
+    }
+
+    /// Time elapsed since `ticks()` read `since`, to a tick ([`EPOCH_TICK`]) while a
+    /// call was running: a clock a call can read without a system call.
+    pub fn ticks(&self) -> u64 {
+        self.ticker.ticks()
+    }
+
+    /// The time `ticks` epoch ticks stand for.
+    pub fn ticks_to_time(ticks: u64) -> Duration {
+        EPOCH_TICK.saturating_mul(u32::try_from(ticks).unwrap_or(u32::MAX))
     }
 
     /// Epoch ticks to allow a call that may run for `budget`.

@@ -8,6 +8,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::output::PluginOutput;
 use super::request::{RequestHandle, RequestSlot};
+use super::virtual_world::VirtualWorld;
 
 /// Per-instance host state.
 pub struct PluginState {
@@ -29,14 +30,20 @@ impl PluginState {
     /// arguments, no sockets; stdout and stderr go to the log.
     /// `output` is shared by all instances of one plugin use, so its rate limit holds
     /// across the fresh instances that replace trapped ones.
-    pub fn new(output: &PluginOutput, memory_bytes: u64) -> Self {
-        let wasi = WasiCtx::builder()
+    /// In a simulation (`world`), its clocks read simulated time and its random numbers
+    /// come from the run's seed.
+    pub fn new(output: &PluginOutput, memory_bytes: u64, world: Option<&VirtualWorld>) -> Self {
+        let mut builder = WasiCtx::builder();
+        builder
             .stdout(output.stream("stdout"))
             .stderr(output.stream("stderr"))
             .allow_tcp(false)
             .allow_udp(false)
-            .allow_ip_name_lookup(false)
-            .build();
+            .allow_ip_name_lookup(false);
+        if let Some(world) = world {
+            world.furnish(&mut builder);
+        }
+        let wasi = builder.build();
         let memory = usize::try_from(memory_bytes).unwrap_or(usize::MAX);
         let limits = StoreLimitsBuilder::new()
             .memory_size(memory)

@@ -8,7 +8,7 @@
 //! so the ticker never parks under a call, however long its budget: a looping plugin is
 //! still interrupted on time.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::thread::Thread;
 use std::time::Duration;
@@ -26,6 +26,9 @@ pub const PARK_AFTER: Duration = Duration::from_millis(50);
 pub struct EpochTicker {
     /// Plugin calls in progress.
     running: AtomicUsize,
+    /// Epochs advanced so far: a coarse clock (one tick per [`EPOCH_TICK`] while a call
+    /// runs) that costs a call nothing to read.
+    ticks: AtomicU64,
     /// The ticker thread is parked (or about to be).
     parked: AtomicBool,
     stop: AtomicBool,
@@ -43,6 +46,11 @@ impl Drop for CallInProgress<'_> {
 }
 
 impl EpochTicker {
+    /// Ticks so far (see the field).
+    pub fn ticks(&self) -> u64 {
+        self.ticks.load(Ordering::Relaxed)
+    }
+
     /// Starts the ticker thread for `engine`; it ends with the engine or [`Self::stop`].
     pub fn start(engine: EngineWeak) -> std::io::Result<Arc<Self>> {
         let ticker = Arc::new(EpochTicker::default());
@@ -63,6 +71,7 @@ impl EpochTicker {
                 Some(engine) => engine.increment_epoch(),
                 None => return,
             }
+            self.ticks.fetch_add(1, Ordering::Relaxed);
             if self.running.load(Ordering::Acquire) > 0 {
                 idle_ticks = 0;
                 continue;

@@ -81,8 +81,6 @@ pub struct Choice {
     pub balancer: Arc<PoolBalancer>,
     /// Who decided.
     pub decision: Decision,
-    /// Time spent deciding.
-    pub took: Duration,
     /// The shadow balancer asked about this request, to be told how it ends.
     pub shadow: Option<Arc<PoolBalancer>>,
 }
@@ -306,7 +304,6 @@ impl Pool {
         view: &mut RequestView,
         excluded: &[usize],
     ) -> Result<Option<Choice>, PluginError> {
-        let started = Instant::now();
         let balancer = self.balancer.load_full();
         if self.native_selector {
             self.telemetry.decided(Decided::Native);
@@ -314,7 +311,6 @@ impl Pool {
                 index,
                 balancer,
                 decision: Decision::Native,
-                took: started.elapsed(),
                 shadow: None,
             }));
         }
@@ -350,7 +346,6 @@ impl Pool {
                 (self.fallback(excluded), Decision::Fallback)
             }
         };
-        let took = started.elapsed();
         let shadow = match (&self.shadow, index) {
             (Some(shadow), Some(live)) if shadow.sampled() => self.ask_shadow(
                 shadow,
@@ -366,7 +361,6 @@ impl Pool {
             index,
             balancer,
             decision,
-            took,
             shadow,
         }))
     }
@@ -382,6 +376,9 @@ impl Pool {
         live_stride: usize,
         live: usize,
     ) -> Option<Arc<PoolBalancer>> {
+        if shadow.quarantined(live) {
+            return None;
+        }
         let stride = shadow.balancer.load().abi().stride();
         let table = if stride == live_stride {
             TABLE.with(|cell| cell.borrow().clone())
@@ -424,10 +421,22 @@ impl Pool {
         if let Some(shadow) = shadow {
             shadow::tell(shadow, i, status, latency);
         }
+        self.finish_at(balancer, i, status, latency, Instant::now());
+    }
+
+    /// [`Pool::finish`] at time `now`: the simulator passes simulated time, so the
+    /// peak-EWMA and outlier bookkeeping see the time it simulates.
+    pub fn finish_at(
+        &self,
+        balancer: &PoolBalancer,
+        i: usize,
+        status: u16,
+        latency: Duration,
+        now: Instant,
+    ) {
         let Some(b) = self.backends.get(i) else {
             return;
         };
-        let now = Instant::now();
         b.in_flight.fetch_sub(1, Ordering::Relaxed);
         b.served.fetch_add(1, Ordering::Relaxed);
         if status == 0 || status >= 500 {

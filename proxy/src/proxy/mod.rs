@@ -144,7 +144,10 @@ impl ProxyHttp for Switchyard {
                 "request reached upstream_peer without a pool",
             ));
         };
-        let choice = match pool.choose(session.req_header_mut(), &mut ctx.view, &ctx.excluded) {
+        let deciding = Instant::now();
+        let chosen = pool.choose(session.req_header_mut(), &mut ctx.view, &ctx.excluded);
+        ctx.decision_time += deciding.elapsed();
+        let choice = match chosen {
             Ok(Some(choice)) => choice,
             Ok(None) => {
                 ctx.error_body = Some(format!(
@@ -174,7 +177,6 @@ impl ProxyHttp for Switchyard {
             time_to_header: None,
         });
         ctx.decision = Some(choice.decision);
-        ctx.decision_time += choice.took;
         let Some(peer) = pool.peer(choice.index) else {
             return Err(Error::explain(
                 ErrorType::InternalError,
