@@ -315,6 +315,18 @@ balancer = "latency"
 balancer_config = {{ decay = "5s" }}
 backends = [{even}]
 
+[[pools]]
+name = "ring-hash"
+balancer = "ring-hash"
+balancer_config = {{ key = "header:x-user" }}
+backends = [{even}]
+
+[[pools]]
+name = "maglev"
+balancer = "maglev"
+balancer_config = {{ key = "query:user", bounded_load = 1.25 }}
+backends = [{even}]
+
 [[routes]]
 path_prefix = "/"
 pool = "round-robin"
@@ -326,6 +338,14 @@ pool = "least-conn"
 [[routes]]
 path_prefix = "/latency"
 pool = "latency"
+
+[[routes]]
+path_prefix = "/ring-hash"
+pool = "ring-hash"
+
+[[routes]]
+path_prefix = "/maglev"
+pool = "maglev"
 "#,
         rr = backends([2, 1, 1]),
         even = backends([1, 1, 1]),
@@ -350,6 +370,12 @@ pool = "latency"
     println!("  curl -s http://{listen}/             # round-robin, weights 2:1:1");
     println!("  curl -s http://{listen}/least-conn   # fewest requests in flight");
     println!("  curl -s http://{listen}/latency      # peak-EWMA: avoids the 40 ms backend");
+    println!(
+        "  curl -s -H 'x-user: alice' http://{listen}/ring-hash   # consistent hashing: alice keeps one backend"
+    );
+    println!(
+        "  curl -s 'http://{listen}/maglev?user=bob'             # Maglev, with bounded loads"
+    );
     println!("  for i in $(seq 8); do curl -s http://{listen}/; done");
     println!("Ctrl-C stops it.");
     match server::run(config, logging) {

@@ -1,4 +1,6 @@
-//! Prometheus metrics at `[metrics] listen`, path `/metrics`.
+//! Prometheus metrics at `[metrics] listen`, path `/metrics`; on the same listener,
+//! the proxy's own health for orchestrators: `/healthz` (alive) and `/ready` (serving,
+//! not shutting down, a backend up in every pool).
 //!
 //! Request counters and durations are recorded on the data path ([`crate::telemetry`]:
 //! counters resolved per pool and backend, incremented as they are). Per-backend and per-plugin
@@ -225,16 +227,24 @@ async fn serve(mut stream: tokio::net::TcpStream, control: Arc<Control>) {
     let Ok(Ok(n)) = read else { return };
     let line = String::from_utf8_lossy(&head[..n]);
     let path = line.split_whitespace().nth(1).unwrap_or("");
-    let (status, body) = if path == "/metrics" {
-        match render(&control) {
+    let (status, body) = match path {
+        "/metrics" => match render(&control) {
             Ok(text) => ("200 OK", text),
             Err(e) => (
                 "500 Internal Server Error",
                 format!("cannot render metrics: {e}\n"),
             ),
-        }
-    } else {
-        ("404 Not Found", "metrics are at /metrics\n".to_owned())
+        },
+        // Alive: this process answers. (A wedged one does not, and is restarted.)
+        "/healthz" => ("200 OK", "ok\n".to_owned()),
+        "/ready" => match control.readiness() {
+            Ok(()) => ("200 OK", "ready\n".to_owned()),
+            Err(why) => ("503 Service Unavailable", format!("not ready: {why}\n")),
+        },
+        _ => (
+            "404 Not Found",
+            "this listener serves /metrics, /healthz and /ready\n".to_owned(),
+        ),
     };
     let response = format!(
         "HTTP/1.1 {status}\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",

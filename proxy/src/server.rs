@@ -163,6 +163,7 @@ pub fn run(config: Config, logging: Arc<Logging>) -> Result<(), StartError> {
                 .map_err(|e| StartError::Bind(format!("metrics.listen {addr}: {e}")))
         })
         .transpose()?;
+    let signals = crate::shutdown::DrainDelaySignal::new(Arc::clone(&control));
     let admin = AdminSocket::bind(control, &config.admin.socket)
         .map_err(|e| StartError::Admin(e.to_string()))?;
     let mut tls_settings = Vec::new();
@@ -214,5 +215,8 @@ pub fn run(config: Config, logging: Arc<Logging>) -> Result<(), StartError> {
         tracing::info!(%addr, "listening (HTTPS)");
     }
     server.add_service(service);
-    server.run_forever()
+    server.run(pingora::server::RunArgs {
+        shutdown_signal: Box::new(signals),
+    });
+    std::process::exit(0)
 }

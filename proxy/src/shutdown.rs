@@ -1,6 +1,8 @@
-//! Graceful shutdown: on SIGTERM Pingora stops accepting at once and would then wait
-//! out the whole grace period; this background service exits as soon as the requests
-//! in flight are done, within that period.
+//! Graceful shutdown. On SIGTERM, [`DrainDelaySignal`] first fails `/ready` and keeps
+//! serving for `proxy.drain_delay`, so load balancers and Kubernetes stop sending
+//! traffic before the listeners close; then Pingora stops accepting and would wait out
+//! the whole grace period, and [`DrainThenExit`] exits as soon as the requests in
+//! flight are done, within that period.
 
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
@@ -9,8 +11,57 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::control::Control;
 use crate::logging::Logging;
 use crate::telemetry::Telemetry;
+
+/// Pingora's shutdown signals (SIGTERM graceful, SIGINT fast, SIGQUIT upgrade), with
+/// SIGTERM's graceful shutdown put off by `proxy.drain_delay` (read when the signal
+/// comes, so a configuration reload can change it) while `/ready` fails. A second
+/// SIGTERM, or a SIGINT, during the delay ends it at once.
+#[derive(Debug)]
+pub struct DrainDelaySignal {
+    control: Arc<Control>,
+}
+
+impl DrainDelaySignal {
+    /// Watches the signals for the proxy `control` runs.
+    pub fn new(control: Arc<Control>) -> Self {
+        DrainDelaySignal { control }
+    }
+}
+
+#[async_trait]
+impl pingora::server::ShutdownSignalWatch for DrainDelaySignal {
+    async fn recv(&self) -> pingora::server::ShutdownSignal {
+        use pingora::server::ShutdownSignal;
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut term), Ok(mut int), Ok(mut quit)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::quit()),
+        ) else {
+            tracing::error!("cannot watch the shutdown signals; stopping now");
+            return ShutdownSignal::FastShutdown;
+        };
+        tokio::select! {
+            _ = quit.recv() => return ShutdownSignal::GracefulUpgrade,
+            _ = int.recv() => return ShutdownSignal::FastShutdown,
+            _ = term.recv() => {}
+        }
+        self.control.begin_draining();
+        let delay = self.control.config().proxy.drain_delay;
+        if !delay.is_zero() {
+            tracing::info!(drain_delay = ?delay, "SIGTERM: /ready now fails; still serving until the drain delay is over");
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                _ = term.recv() => tracing::info!("second SIGTERM: drain delay cut short"),
+                _ = int.recv() => return ShutdownSignal::FastShutdown,
+            }
+        }
+        ShutdownSignal::GracefulTerminate
+    }
+}
 
 /// Time the in-flight count must stay at zero before the process exits: a connection
 /// accepted just before SIGTERM may not have parsed its request yet.

@@ -44,6 +44,8 @@ pub struct Control {
     reload_lock: Mutex<()>,
     reloads_ok: AtomicU64,
     reloads_failed: AtomicU64,
+    /// Set by SIGTERM: `/ready` fails from then on.
+    draining: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Control {
@@ -83,12 +85,44 @@ impl Control {
             reload_lock: Mutex::new(()),
             reloads_ok: AtomicU64::new(0),
             reloads_failed: AtomicU64::new(0),
+            draining: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
     /// The running pools and routes.
     pub fn runtime(&self) -> arc_swap::Guard<Arc<Runtime>> {
         self.runtime.load()
+    }
+
+    /// The configuration running now.
+    pub fn config(&self) -> arc_swap::Guard<Arc<Config>> {
+        self.config.load()
+    }
+
+    /// Shutdown has begun: `/ready` fails from now on.
+    pub fn begin_draining(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+    }
+
+    /// `Ok` when the proxy should be sent traffic: it is serving (its listeners are
+    /// bound and its plugins loaded, or this would not be asked), it is not shutting
+    /// down, and every pool has a backend up. Otherwise why not.
+    pub fn readiness(&self) -> Result<(), String> {
+        if self.draining.load(Ordering::Relaxed) {
+            return Err("draining: shutting down after SIGTERM".into());
+        }
+        let runtime = self.runtime.load();
+        let empty: Vec<&str> = runtime
+            .pools
+            .iter()
+            .filter(|p| !p.backends.iter().any(|b| b.is_up() && !b.is_draining()))
+            .map(|p| p.name.as_str())
+            .collect();
+        if empty.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("no backend up in pool(s): {}", empty.join(", ")))
+        }
     }
 
     /// The data path's counters.

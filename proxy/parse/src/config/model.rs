@@ -44,6 +44,9 @@ pub struct ProxySettings {
     pub redirect_to_https: bool,
     /// After SIGTERM: how long in-flight requests may take before the process exits.
     pub grace_period: Duration,
+    /// After SIGTERM, before that: how long `/ready` fails while the proxy still accepts
+    /// and serves, so load balancers and Kubernetes take it out of rotation first.
+    pub drain_delay: Duration,
     /// Limits on what a client may send and how long it may take.
     pub limits: RequestLimits,
     /// Connections held at once.

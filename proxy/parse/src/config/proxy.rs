@@ -79,6 +79,7 @@ impl Validator<'_> {
             tls: Vec::new(),
             redirect_to_https: false,
             grace_period: DEFAULT_GRACE_PERIOD,
+            drain_delay: Duration::ZERO,
             limits: RequestLimits::default(),
             connections: ConnectionLimits::default(),
             trusted_proxies: Vec::new(),
@@ -239,6 +240,12 @@ impl Validator<'_> {
             raw.grace_period.as_ref(),
             "proxy.grace_period",
             DEFAULT_GRACE_PERIOD,
+            Bounds::ANY,
+        );
+        settings.drain_delay = self.duration(
+            raw.drain_delay.as_ref(),
+            "proxy.drain_delay",
+            Duration::ZERO,
             Bounds::ANY,
         );
         let defaults = RequestLimits::default();

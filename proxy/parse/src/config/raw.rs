@@ -39,6 +39,7 @@ pub(super) struct RawProxy {
     pub tls: Vec<Spanned<RawTlsListener>>,
     pub redirect_to_https: Option<Spanned<bool>>,
     pub grace_period: Option<Text>,
+    pub drain_delay: Option<Text>,
     pub max_header_bytes: Option<Text>,
     pub max_headers: Option<Spanned<i64>>,
     pub max_body_bytes: Option<Text>,

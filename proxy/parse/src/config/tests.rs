@@ -17,9 +17,9 @@ fn outcome(file: &Path, text: &str) -> String {
             ));
             let p = &c.proxy;
             out.push_str(&format!(
-                "edge: tls {:?}, redirect {}, grace {:?}, limits {:?}, trusted {:?}, access_log {:?}\n",
+                "edge: tls {:?}, redirect {}, grace {:?}, drain_delay {:?}, limits {:?}, trusted {:?}, access_log {:?}\n",
                 p.tls.iter().map(|t| (t.listen, t.certificates.len(), t.http2)).collect::<Vec<_>>(),
-                p.redirect_to_https, p.grace_period, p.limits, p.trusted_proxies, p.access_log
+                p.redirect_to_https, p.grace_period, p.drain_delay, p.limits, p.trusted_proxies, p.access_log
             ));
             out.push_str(&format!(
                 "connections {:?}, paths {:?}, metrics {:?}\n",
