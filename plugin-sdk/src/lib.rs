@@ -51,8 +51,9 @@
 //! [`KeySource`] reads a key (`client-ip`, `header:NAME`, `cookie:NAME`, `path`,
 //! `query:NAME`) from a request; [`hashing`] has a stable 64-bit hash, the membership
 //! fingerprint that says when a ring or table must be rebuilt, consistent hashing with
-//! bounded loads, and `first_fit` over a key's choices. The bundled `ring-hash` and
-//! `maglev` plugins are built from them.
+//! bounded loads, and `first_fit` over a key's choices; [`ConsistentHash`] puts them
+//! together around any structure that implements [`KeyedChoices`]. The bundled
+//! `ring-hash` and `maglev` plugins are built from it.
 //!
 //! ## Interface version
 //!
@@ -83,6 +84,10 @@ pub use rng::Rng;
 mod config;
 #[cfg(feature = "guest")]
 pub use config::Config;
+#[cfg(feature = "guest")]
+mod consistent;
+#[cfg(feature = "guest")]
+pub use consistent::{ConsistentHash, KeyedChoices};
 #[cfg(feature = "guest")]
 mod key;
 #[cfg(feature = "guest")]

@@ -30,8 +30,10 @@
 //! The table is built on the first pick and again whenever the pool's membership
 //! changes; building costs about M · ln M probes.
 
-use switchyard_plugin_sdk::hashing::{BoundedLoad, PoolShape, first_fit, hash64, mix64};
-use switchyard_plugin_sdk::{Backends, Balancer, Config, KeySource, Request};
+use switchyard_plugin_sdk::hashing::{BoundedLoad, mix64};
+use switchyard_plugin_sdk::{
+    Backends, Balancer, Config, ConsistentHash, KeySource, KeyedChoices, Request,
+};
 
 /// Default lookup table size (prime).
 pub const DEFAULT_TABLE_SIZE: u32 = 65_537;
@@ -43,7 +45,6 @@ const EMPTY: u32 = u32::MAX;
 /// The lookup table for one membership of the pool.
 #[derive(Debug, Default)]
 pub struct Table {
-    built_for: Option<u64>,
     /// Pool index owning each entry.
     entries: Vec<u32>,
 }
@@ -60,10 +61,7 @@ impl Table {
         members.sort_unstable();
         let mut entries = vec![EMPTY; size as usize];
         if members.is_empty() || size < 2 {
-            return Table {
-                built_for: None,
-                entries,
-            };
+            return Table { entries };
         }
         let max_weight = members.iter().map(|m| u64::from(m.1)).max().unwrap_or(1);
         // Per member: next position in its permutation, its skip, entries claimed.
@@ -90,10 +88,7 @@ impl Table {
                 }
             }
         }
-        Table {
-            built_for: None,
-            entries,
-        }
+        Table { entries }
     }
 
     /// Entries owned by pool index `index`.
@@ -103,10 +98,12 @@ impl Table {
             .filter(|&&e| e as usize == index)
             .count()
     }
+}
 
+impl KeyedChoices for Table {
     /// The key's choices: its entry, then the entries of its rehashes, then the
     /// entries after its own, once round the table.
-    pub fn choices(&self, hash: u64) -> impl Iterator<Item = usize> + '_ {
+    fn choices(&self, hash: u64) -> impl Iterator<Item = usize> + '_ {
         let m = self.entries.len().max(1) as u64;
         let first = (hash % m) as usize;
         let rehashed = (1..=REHASHES).map(move |k| {
@@ -125,32 +122,24 @@ impl Table {
 /// Per-pool state.
 #[derive(Debug)]
 pub struct Maglev {
-    key: KeySource,
-    bound: Option<BoundedLoad>,
+    hashing: ConsistentHash<Table>,
     size: u32,
-    table: Table,
 }
 
 impl Maglev {
     /// A balancer keyed on `key` with a table of `size` entries (a prime).
     pub fn new(key: KeySource, bound: Option<BoundedLoad>, size: u32) -> Self {
         Maglev {
-            key,
-            bound,
+            hashing: ConsistentHash::new(key, bound),
             size,
-            table: Table::default(),
         }
     }
 
     /// The backend for a key whose hash is `key_hash`.
     pub fn pick(&mut self, key_hash: u64, backends: &Backends<'_>) -> Option<usize> {
-        let shape = PoolShape::of(backends, self.bound.is_some());
-        if self.table.built_for != Some(shape.fingerprint) {
-            self.table = Table::build(backends, self.size);
-            self.table.built_for = Some(shape.fingerprint);
-        }
-        let bound = self.bound.as_ref().map(|b| (b, &shape));
-        first_fit(self.table.choices(key_hash), backends, bound)
+        let size = self.size;
+        self.hashing
+            .pick(key_hash, backends, |b| Table::build(b, size))
     }
 }
 
@@ -164,24 +153,20 @@ fn is_prime(n: u32) -> bool {
 
 impl Balancer for Maglev {
     fn init(config: &Config) -> Result<Self, String> {
-        config.reject_unknown(&["key", "bounded_load", "table_size"])?;
-        let key = KeySource::parse(config.get("key").unwrap_or("client-ip"))?;
-        let bound = match config.get("bounded_load") {
-            None => None,
-            Some(_) => Some(BoundedLoad::new(config.parse_or("bounded_load", 0.0)?)?),
-        };
+        let hashing = ConsistentHash::from_config(config, &["table_size"])?;
         let size = config.parse_or("table_size", DEFAULT_TABLE_SIZE)?;
         if !is_prime(size) || size > 4_194_301 {
             return Err(format!(
                 "balancer_config.table_size = {size}: must be a prime of at most 4194301, above 100 × the backends; for example 65537, 131071 or 1048573"
             ));
         }
-        Ok(Maglev::new(key, bound, size))
+        Ok(Maglev { hashing, size })
     }
 
     fn select(&mut self, request: &Request<'_>, backends: &Backends<'_>) -> Option<usize> {
-        let key = self.key.extract(request)?;
-        self.pick(hash64(key.as_bytes()), backends)
+        let size = self.size;
+        self.hashing
+            .select(request, backends, |b| Table::build(b, size))
     }
 }
 
@@ -192,6 +177,7 @@ mod tests {
     use super::*;
     use switchyard_plugin_sdk::Backend;
     use switchyard_plugin_sdk::abi::backend_id;
+    use switchyard_plugin_sdk::hashing::hash64;
     use switchyard_plugin_sdk::testing::{TestBackends, TestRequest};
 
     fn pool(ports: &[u16], weights: &[u32]) -> TestBackends {

@@ -28,8 +28,10 @@
 //! changes (added, removed, moved or re-weighted backends), in O(points): the points are
 //! bucketed by their top bits, which also makes a lookup O(1).
 
-use switchyard_plugin_sdk::hashing::{BoundedLoad, PoolShape, first_fit, hash64, nth_of};
-use switchyard_plugin_sdk::{Backends, Balancer, Config, KeySource, Request};
+use switchyard_plugin_sdk::hashing::{BoundedLoad, nth_of};
+use switchyard_plugin_sdk::{
+    Backends, Balancer, Config, ConsistentHash, KeySource, KeyedChoices, Request,
+};
 
 /// Default points on the ring per unit of weight.
 pub const DEFAULT_POINTS_PER_WEIGHT: u32 = 1024;
@@ -39,8 +41,6 @@ pub const DEFAULT_MAX_POINTS: u32 = 1 << 18;
 /// The ring for one membership of the pool.
 #[derive(Debug, Default)]
 pub struct Ring {
-    /// The pool's fingerprint when this ring was built.
-    built_for: Option<u64>,
     /// Point hashes, ascending.
     hashes: Vec<u64>,
     /// Pool index owning each point.
@@ -88,7 +88,6 @@ impl Ring {
             sorted[starts[b] as usize..starts[b + 1] as usize].sort_unstable();
         }
         Ring {
-            built_for: None,
             hashes: sorted.iter().map(|p| p.0).collect(),
             owners: sorted.iter().map(|p| p.1).collect(),
             starts,
@@ -116,9 +115,11 @@ impl Ring {
         let at = from + self.hashes[from..to].partition_point(|&p| p < hash);
         if at == self.hashes.len() { 0 } else { at }
     }
+}
 
+impl KeyedChoices for Ring {
     /// The key's choices: the owners of the points from its position on, once round.
-    pub fn choices(&self, hash: u64) -> impl Iterator<Item = usize> + '_ {
+    fn choices(&self, hash: u64) -> impl Iterator<Item = usize> + '_ {
         let start = if self.is_empty() {
             0
         } else {
@@ -132,67 +133,59 @@ impl Ring {
 /// Per-pool state.
 #[derive(Debug)]
 pub struct RingHash {
-    key: KeySource,
-    bound: Option<BoundedLoad>,
+    hashing: ConsistentHash<Ring>,
     points_per_weight: u32,
     max_points: u32,
-    ring: Ring,
 }
 
 impl RingHash {
     /// A balancer keyed on `key`.
     pub fn new(key: KeySource, bound: Option<BoundedLoad>) -> Self {
         RingHash {
-            key,
-            bound,
+            hashing: ConsistentHash::new(key, bound),
             points_per_weight: DEFAULT_POINTS_PER_WEIGHT,
             max_points: DEFAULT_MAX_POINTS,
-            ring: Ring::default(),
         }
+    }
+
+    /// Builds a ring with this balancer's sizes (a closure that does not borrow it).
+    fn build(&self) -> impl FnOnce(&Backends<'_>) -> Ring + use<> {
+        let (per_weight, max) = (self.points_per_weight, self.max_points);
+        move |backends| Ring::build(backends, per_weight, max)
     }
 
     /// The backend for a key whose hash is `key_hash`.
     pub fn pick(&mut self, key_hash: u64, backends: &Backends<'_>) -> Option<usize> {
-        let shape = PoolShape::of(backends, self.bound.is_some());
-        if self.ring.built_for != Some(shape.fingerprint) {
-            self.ring = Ring::build(backends, self.points_per_weight, self.max_points);
-            self.ring.built_for = Some(shape.fingerprint);
-        }
-        let bound = self.bound.as_ref().map(|b| (b, &shape));
-        first_fit(self.ring.choices(key_hash), backends, bound)
+        let build = self.build();
+        self.hashing.pick(key_hash, backends, build)
     }
 }
 
 impl Balancer for RingHash {
     fn init(config: &Config) -> Result<Self, String> {
-        config.reject_unknown(&["key", "bounded_load", "points_per_weight", "max_points"])?;
-        let key = KeySource::parse(config.get("key").unwrap_or("client-ip"))?;
-        let bound = match config.get("bounded_load") {
-            None => None,
-            Some(_) => Some(BoundedLoad::new(config.parse_or("bounded_load", 0.0)?)?),
-        };
-        let mut ring_hash = RingHash::new(key, bound);
-        ring_hash.points_per_weight =
-            config.parse_or("points_per_weight", DEFAULT_POINTS_PER_WEIGHT)?;
-        ring_hash.max_points = config.parse_or("max_points", DEFAULT_MAX_POINTS)?;
-        if !(1..=65_536).contains(&ring_hash.points_per_weight) {
+        let hashing = ConsistentHash::from_config(config, &["points_per_weight", "max_points"])?;
+        let points_per_weight = config.parse_or("points_per_weight", DEFAULT_POINTS_PER_WEIGHT)?;
+        let max_points = config.parse_or("max_points", DEFAULT_MAX_POINTS)?;
+        if !(1..=65_536).contains(&points_per_weight) {
             return Err(format!(
-                "balancer_config.points_per_weight = {}: must be between 1 and 65536",
-                ring_hash.points_per_weight
+                "balancer_config.points_per_weight = {points_per_weight}: must be between 1 and 65536"
             ));
         }
-        if !(1..=1 << 22).contains(&ring_hash.max_points) {
+        if !(1..=1 << 22).contains(&max_points) {
             return Err(format!(
-                "balancer_config.max_points = {}: must be between 1 and 4194304 (each point takes 12 bytes of the plugin's memory)",
-                ring_hash.max_points
+                "balancer_config.max_points = {max_points}: must be between 1 and 4194304 (each point takes 12 bytes of the plugin's memory)"
             ));
         }
-        Ok(ring_hash)
+        Ok(RingHash {
+            hashing,
+            points_per_weight,
+            max_points,
+        })
     }
 
     fn select(&mut self, request: &Request<'_>, backends: &Backends<'_>) -> Option<usize> {
-        let key = self.key.extract(request)?;
-        self.pick(hash64(key.as_bytes()), backends)
+        let build = self.build();
+        self.hashing.select(request, backends, build)
     }
 }
 
@@ -203,6 +196,7 @@ mod tests {
     use super::*;
     use switchyard_plugin_sdk::Backend;
     use switchyard_plugin_sdk::abi::backend_id;
+    use switchyard_plugin_sdk::hashing::hash64;
     use switchyard_plugin_sdk::testing::{TestBackends, TestRequest};
 
     /// Backends with the identities of `127.0.0.1:<port>` for each port.

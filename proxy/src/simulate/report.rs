@@ -90,8 +90,7 @@ impl Recorder {
         for b in 0..self.names.len() {
             self.account(self.end, b);
         }
-        let (calls, failures) = pool.balancer.load().stats.snapshot();
-        let _ = calls;
+        let (_, failures) = pool.balancer.load().stats.snapshot();
         self.plugin_failures = crate::plugin::FailureKind::ALL
             .iter()
             .zip(failures)
