@@ -142,7 +142,21 @@ impl BackendControl {
 
     /// Starts a stopped server again on the same address.
     pub async fn restart(self: &Arc<Self>) -> std::io::Result<()> {
-        let listener = TcpListener::bind(self.addr).await?;
+        // While the port was free, an outgoing connection of this machine may have taken
+        // it as its local port; it is free again once that connection closes.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let listener = loop {
+            match TcpListener::bind(self.addr).await {
+                Ok(l) => break l,
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::AddrInUse
+                        && std::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        };
         self.stopped.store(false, Ordering::Relaxed);
         accept_on(listener, self);
         Ok(())

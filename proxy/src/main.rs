@@ -174,7 +174,7 @@ fn run(path: &Path) -> ExitCode {
     let Some(logging) = init_logging(config.proxy.access_log.into(), access_file) else {
         return ExitCode::FAILURE;
     };
-    match server::run(config, logging) {
+    match server::run(config, logging, None) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("{e}");
@@ -293,11 +293,30 @@ fn demo(listen: SocketAddr, logging: Arc<Logging>) -> ExitCode {
             .collect::<Vec<_>>()
             .join(", ")
     };
+    let dir = std::env::temp_dir().join(format!("switchyard-demo-{}", std::process::id()));
+    let socket = dir.join("admin.sock");
+    // Any free port: a fixed one could be taken on the machine.
+    let metrics = match std::net::TcpListener::bind((listen.ip(), 0)).and_then(|l| l.local_addr()) {
+        Ok(addr) => addr,
+        Err(e) => {
+            eprintln!(
+                "error: no free port for the demo's metrics on {}: {e}",
+                listen.ip()
+            );
+            return ExitCode::FAILURE;
+        }
+    };
     let text = format!(
         r#"# Written by `switchyard demo`.
 [proxy]
 listen = ["{listen}"]
 threads = 2
+
+[admin]
+socket = "{socket}"
+
+[metrics]
+listen = "{metrics}"
 
 [[pools]]
 name = "round-robin"
@@ -349,8 +368,8 @@ pool = "maglev"
 "#,
         rr = backends([2, 1, 1]),
         even = backends([1, 1, 1]),
+        socket = socket.display(),
     );
-    let dir = std::env::temp_dir().join(format!("switchyard-demo-{}", std::process::id()));
     let path = dir.join("switchyard.toml");
     if let Err(e) = std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(&path, text)) {
         eprintln!(
@@ -377,8 +396,20 @@ pool = "maglev"
         "  curl -s 'http://{listen}/maglev?user=bob'             # Maglev, with bounded loads"
     );
     println!("  for i in $(seq 8); do curl -s http://{listen}/; done");
-    println!("Ctrl-C stops it.");
-    match server::run(config, logging) {
+    println!("Operate it (admin socket {}):", socket.display());
+    println!(
+        "  switchyard ctl --socket {} backends round-robin   # or: cargo run -q -p switchyard -- ctl …",
+        socket.display()
+    );
+    println!(
+        "  switchyard ctl --socket {} drain round-robin {}",
+        socket.display(),
+        addrs.first().map_or_else(String::new, ToString::to_string)
+    );
+    println!("  curl -s http://{metrics}/metrics | grep switchyard_requests_total");
+    println!("  curl -s http://{metrics}/ready");
+    println!("Ctrl-C stops it and removes {}.", dir.display());
+    match server::run(config, logging, Some(dir)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("{e}");

@@ -14,6 +14,9 @@ use crate::admin::AdminSocket;
 use crate::config::{Config, ConfigErrors};
 use crate::connections::{Capped, ConnectionCaps};
 use crate::control::Control;
+use crate::discovery::DnsDiscovery;
+use crate::discovery::resolve::resolve_missing;
+use crate::discovery::sets::DiscoveredSets;
 use crate::health::HealthChecker;
 use crate::logging::Logging;
 use crate::metrics::MetricsExporter;
@@ -21,6 +24,7 @@ use crate::plugin::PluginEngine;
 use crate::proxy::Switchyard;
 use crate::runtime::{BuildError, build_runtime};
 use crate::shutdown::DrainThenExit;
+use crate::supervisor::AnnounceServing;
 use crate::telemetry::Telemetry;
 use crate::tls::ListenerCertificates;
 use pingora::services::background::background_service;
@@ -110,8 +114,15 @@ fn http_options(config: &Config) -> HttpServerOptions {
 }
 
 /// Runs the proxy until it is told to stop. Never returns on success. `logging` is
-/// flushed before the process exits.
-pub fn run(config: Config, logging: Arc<Logging>) -> Result<(), StartError> {
+/// flushed, and `scratch` (a directory the caller made for this run, like the demo's)
+/// removed, before the process exits.
+pub fn run(
+    config: Config,
+    logging: Arc<Logging>,
+    scratch: Option<std::path::PathBuf>,
+) -> Result<(), StartError> {
+    // First, so that a port in use fails the start at once, before plugins compile.
+    check_binds(&config)?;
     let open_files = crate::connections::raise_open_files_limit();
     let engine = PluginEngine::new().map_err(|e| StartError::Engine(format!("{e:#}")))?;
     let metrics_error = |e| StartError::Engine(format!("cannot register the metrics: {e}"));
@@ -121,9 +132,24 @@ pub fn run(config: Config, logging: Arc<Logging>) -> Result<(), StartError> {
             logging.dropped_collector().map_err(metrics_error)?,
         ))
         .map_err(metrics_error)?;
+    let discovered = Arc::new(DiscoveredSets::new(&telemetry).map_err(metrics_error)?);
+    let mut config = config;
+    resolve_missing(&config, &discovered);
+    discovered.fill(&mut config);
     let runtime = build_runtime(&config, &engine, &telemetry, None)?;
+    if let Some(path) = &config.admin.state_file {
+        // A damaged file must not keep the proxy from serving: said, then left alone.
+        match crate::control::state::restore(path, &runtime) {
+            Ok(0) => {}
+            Ok(n) => {
+                tracing::info!(file = %path.display(), backends = n, "run-time state restored")
+            }
+            Err(e) => {
+                tracing::error!("{e}; starting with the configuration's weights, nothing drained")
+            }
+        }
+    }
     let certificates = load_certificates(&config)?;
-    check_binds(&config)?;
     for pool in &runtime.pools {
         let balancer = pool.balancer.load();
         let plugin = balancer.plugin();
@@ -154,6 +180,7 @@ pub fn run(config: Config, logging: Arc<Logging>) -> Result<(), StartError> {
         certificates.clone(),
         Arc::clone(&caps),
         Arc::clone(&telemetry),
+        discovered,
     ));
     // Bound now, so that a socket or port already taken stops the start with its reason.
     let metrics = config
@@ -164,7 +191,10 @@ pub fn run(config: Config, logging: Arc<Logging>) -> Result<(), StartError> {
         })
         .transpose()?;
     let signals = crate::shutdown::DrainDelaySignal::new(Arc::clone(&control));
-    let admin = AdminSocket::bind(control, &config.admin.socket)
+    // "listening" is logged, `/ready` passes and systemd hears READY=1 only once every
+    // listener accepts: Pingora binds them after this function hands over.
+    let announce = AnnounceServing::new(listeners.clone(), Arc::clone(&control));
+    let admin = AdminSocket::bind(Arc::clone(&control), &config.admin.socket)
         .map_err(|e| StartError::Admin(e.to_string()))?;
     let mut tls_settings = Vec::new();
     for (listener, (_, store)) in config.proxy.tls.iter().zip(&certificates) {
@@ -187,13 +217,19 @@ pub fn run(config: Config, logging: Arc<Logging>) -> Result<(), StartError> {
     // Background work starts and stops with the server.
     let checker = HealthChecker::new(Arc::clone(&runtime));
     server.add_service(background_service("health checks", checker));
+    if config.pools.iter().any(|p| p.discovery.is_some()) {
+        let discovery = DnsDiscovery::new(Arc::clone(&control));
+        server.add_service(background_service("dns discovery", discovery));
+    }
     if let Some(metrics) = metrics {
         server.add_service(background_service("metrics", metrics));
     }
     server.add_service(background_service("admin socket", admin));
+    server.add_service(background_service("announce serving", announce));
     let drain = DrainThenExit::new(
         grace,
         config.admin.socket.clone(),
+        scratch.clone(),
         Arc::clone(&telemetry),
         logging,
     );
@@ -205,18 +241,20 @@ pub fn run(config: Config, logging: Arc<Logging>) -> Result<(), StartError> {
     let buffers = || L4BufferSettings::new(L4_READ_BUFFER, DEFAULT_L4_WRITE_BUFFER_SIZE);
     for addr in &config.proxy.listen {
         service.add_listener(ListenerConfig::tcp(addr.to_string()).l4_buffer(buffers()));
-        tracing::info!(%addr, "listening");
     }
     for (addr, settings) in tls_settings {
         let listener = ListenerConfig::tcp(addr.to_string())
             .tls(settings)
             .l4_buffer(buffers());
         service.add_listener(listener);
-        tracing::info!(%addr, "listening (HTTPS)");
     }
     server.add_service(service);
     server.run(pingora::server::RunArgs {
         shutdown_signal: Box::new(signals),
     });
+    // SIGINT: Pingora stops at once and returns here; SIGTERM exits in DrainThenExit.
+    if let Some(dir) = scratch {
+        let _ = std::fs::remove_dir_all(dir);
+    }
     std::process::exit(0)
 }

@@ -74,6 +74,8 @@ const QUIET_FOR: Duration = Duration::from_millis(300);
 pub struct DrainThenExit {
     grace: Duration,
     admin_socket: PathBuf,
+    /// A directory made for this run only, removed on the way out.
+    scratch: Option<PathBuf>,
     telemetry: Arc<Telemetry>,
     logging: Arc<Logging>,
 }
@@ -83,12 +85,14 @@ impl DrainThenExit {
     pub fn new(
         grace: Duration,
         admin_socket: PathBuf,
+        scratch: Option<PathBuf>,
         telemetry: Arc<Telemetry>,
         logging: Arc<Logging>,
     ) -> Self {
         DrainThenExit {
             grace,
             admin_socket,
+            scratch,
             telemetry,
             logging,
         }
@@ -125,6 +129,9 @@ impl BackgroundService for DrainThenExit {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let _ = std::fs::remove_file(&self.admin_socket);
+        if let Some(dir) = &self.scratch {
+            let _ = std::fs::remove_dir_all(dir);
+        }
         // Blocks while the writer thread empties its queue; nothing else runs now.
         self.logging.flush();
         std::process::exit(0);

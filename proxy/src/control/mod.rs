@@ -15,13 +15,16 @@ use std::time::{Instant, UNIX_EPOCH};
 
 use crate::config::{self, Config};
 use crate::connections::ConnectionCaps;
+use crate::discovery::sets::DiscoveredSets;
 use crate::plugin::{FailureKind, PluginEngine};
 use crate::runtime::Runtime;
 use crate::telemetry::Telemetry;
 use crate::tls::ListenerCertificates;
 
+mod discovery;
 mod reload;
 mod shadow;
+pub mod state;
 
 /// A failed operation: the message goes to the operator as is.
 pub type OpResult = Result<Value, String>;
@@ -46,6 +49,10 @@ pub struct Control {
     reloads_failed: AtomicU64,
     /// Set by SIGTERM: `/ready` fails from then on.
     draining: std::sync::atomic::AtomicBool,
+    /// Set once every listener accepts connections.
+    serving: std::sync::atomic::AtomicBool,
+    /// The last good answer for each pool whose backends come from DNS.
+    discovered: Arc<DiscoveredSets>,
 }
 
 impl std::fmt::Debug for Control {
@@ -72,6 +79,7 @@ impl Control {
         certificates: Vec<(std::net::SocketAddr, Arc<ListenerCertificates>)>,
         caps: Arc<ConnectionCaps>,
         telemetry: Arc<Telemetry>,
+        discovered: Arc<DiscoveredSets>,
     ) -> Self {
         Control {
             runtime,
@@ -86,6 +94,8 @@ impl Control {
             reloads_ok: AtomicU64::new(0),
             reloads_failed: AtomicU64::new(0),
             draining: std::sync::atomic::AtomicBool::new(false),
+            serving: std::sync::atomic::AtomicBool::new(false),
+            discovered,
         }
     }
 
@@ -102,14 +112,23 @@ impl Control {
     /// Shutdown has begun: `/ready` fails from now on.
     pub fn begin_draining(&self) {
         self.draining.store(true, Ordering::Relaxed);
+        crate::sd_notify::notify("STOPPING=1");
     }
 
-    /// `Ok` when the proxy should be sent traffic: it is serving (its listeners are
-    /// bound and its plugins loaded, or this would not be asked), it is not shutting
-    /// down, and every pool has a backend up. Otherwise why not.
+    /// Every listener accepts connections now.
+    pub fn mark_serving(&self) {
+        self.serving.store(true, Ordering::Relaxed);
+    }
+
+    /// `Ok` when the proxy should be sent traffic: it is serving (its plugins are
+    /// loaded, or this would not be asked, and every listener accepts), it is not
+    /// shutting down, and every pool has a backend up. Otherwise why not.
     pub fn readiness(&self) -> Result<(), String> {
         if self.draining.load(Ordering::Relaxed) {
             return Err("draining: shutting down after SIGTERM".into());
+        }
+        if !self.serving.load(Ordering::Relaxed) {
+            return Err("starting: the listeners do not accept connections yet".into());
         }
         let runtime = self.runtime.load();
         let empty: Vec<&str> = runtime
@@ -334,12 +353,26 @@ impl Control {
     fn set_draining(&self, pool: &str, addr: &str, draining: bool) -> OpResult {
         let reply = self.with_backend(pool, addr, |b| b.set_draining(draining))?;
         tracing::info!(pool, addr, draining, "backend drain state changed");
-        Ok(reply)
+        Ok(self.save_state(reply))
     }
 
     fn set_weight(&self, pool: &str, addr: &str, weight: u32) -> OpResult {
         let reply = self.with_backend(pool, addr, |b| b.set_weight(weight))?;
         tracing::info!(pool, addr, weight, "backend weight changed");
-        Ok(reply)
+        Ok(self.save_state(reply))
+    }
+
+    /// Writes the run-time state to `[admin] state_file`, if one is set. The change
+    /// stands either way; a failure to save is logged and added to `reply`.
+    fn save_state(&self, mut reply: Value) -> Value {
+        let config = self.config.load();
+        let Some(path) = &config.admin.state_file else {
+            return reply;
+        };
+        if let Err(e) = state::save(path, &self.runtime.load()) {
+            tracing::warn!(error = %e, "run-time state not saved");
+            reply["warning"] = json!(format!("{e}; the change holds until the process ends"));
+        }
+        reply
     }
 }

@@ -7,6 +7,7 @@ use std::sync::{Arc, PoisonError};
 
 use super::{Control, OpResult};
 use crate::config::{self, Config, SystemResolver};
+use crate::discovery::resolve::resolve_missing;
 use crate::plugin::registry::{FsCatalog, sha256_hex};
 use crate::plugin::request::{RequestView, placeholder_header};
 use crate::plugin::{LoadedPlugin, PoolBalancer, RouterInstance};
@@ -101,8 +102,11 @@ impl Control {
             .unwrap_or_else(PoisonError::into_inner);
         let old = self.config.load_full();
         let result = (|| {
-            let new = config::load(&old.source, &FsCatalog, &SystemResolver)
+            let mut new = config::load(&old.source, &FsCatalog, &SystemResolver)
                 .map_err(|e| e.to_string())?;
+            // Pools found in DNS keep their last answer; a pool new to DNS is asked now.
+            resolve_missing(&new, &self.discovered);
+            self.discovered.fill(&mut new);
             let restart_needed = restart_only_changes(&old, &new, self.json_log);
             let new = keep_restart_only(&old, new, self.json_log);
             let runtime = runtime::build_runtime(
@@ -139,8 +143,15 @@ impl Control {
                 "restart_needed": restart_needed,
                 "warnings": new.warnings.iter().map(ToString::to_string).collect::<Vec<_>>(),
             });
+            if let Some(path) = &new.admin.state_file
+                && let Err(e) = super::state::restore(path, &runtime)
+            {
+                tracing::warn!(error = %e, "saved run-time state not applied");
+            }
             self.runtime.store(Arc::new(runtime));
             self.config.store(Arc::new(new));
+            // Backends the new file removed leave the state file too.
+            let summary = self.save_state(summary);
             Ok(summary)
         })();
         match &result {
@@ -197,7 +208,7 @@ fn restart_only_changes(old: &Config, new: &Config, json_log: bool) -> Vec<Strin
             o.access_log_path != n.access_log_path,
         ),
         ("metrics.listen", old.metrics != new.metrics),
-        ("admin.socket", old.admin != new.admin),
+        ("admin.socket", old.admin.socket != new.admin.socket),
     ]
     .into_iter()
     .filter(|(_, changed)| *changed)
@@ -240,7 +251,8 @@ fn keep_restart_only(old: &Config, mut new: Config, json_log: bool) -> Config {
         };
     }
     new.metrics = old.metrics;
-    new.admin = old.admin.clone();
+    // The socket is bound once; the state file is read and written where it now says.
+    new.admin.socket.clone_from(&old.admin.socket);
     new
 }
 

@@ -166,7 +166,9 @@ impl Pool {
 
     /// Carries over, per address, what `old` knew: a configuration reload must not undo
     /// an operator's `drain` or `weight`, nor bring a backend the health checks took
-    /// down back up.
+    /// down back up. A backend new to a health-checked pool starts down and joins once
+    /// its checks pass (`rise` in a row), as Envoy holds new hosts until their first
+    /// check: a pod DNS announces before it listens gets no requests.
     pub fn keep_state_from(&self, old: &Pool) {
         for b in &self.backends {
             if let Some(o) = old.backends.iter().find(|o| o.addr == b.addr) {
@@ -175,6 +177,8 @@ impl Pool {
                 if o.weight_set_at_run_time() {
                     b.set_weight(o.weight());
                 }
+            } else if self.health_check.is_some() {
+                b.up.store(false, Ordering::Relaxed);
             }
         }
     }
@@ -304,6 +308,10 @@ impl Pool {
         view: &mut RequestView,
         excluded: &[usize],
     ) -> Result<Option<Choice>, PluginError> {
+        if self.backends.is_empty() {
+            // A pool found in DNS before its first answer: nothing to ask the plugin.
+            return Ok(None);
+        }
         let balancer = self.balancer.load_full();
         if self.native_selector {
             self.telemetry.decided(Decided::Native);

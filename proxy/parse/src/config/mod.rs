@@ -15,6 +15,7 @@
 //! supply fixed ones.
 
 mod diagnostics;
+mod discovery;
 mod model;
 mod plugins;
 mod pools;
@@ -24,6 +25,7 @@ mod routes;
 mod validate;
 
 pub use diagnostics::{ConfigError, ConfigErrors, ConfigWarning, Location};
+pub use discovery::{DEFAULT_DISCOVERY_INTERVAL, DEFAULT_DNS_TIMEOUT};
 pub use model::*;
 pub use validate::{MAX_DURATION, MAX_EJECTION};
 
@@ -232,6 +234,7 @@ impl Validator<'_> {
         let plugins = self.plugins(raw.plugins);
         let (proxy, metrics) = self.proxy(raw.proxy, raw.metrics.as_ref(), &plugins);
         let admin = self.admin(raw.admin);
+        let dns = self.dns(raw.dns);
         let mut pools = Vec::new();
         let mut names = HashSet::new();
         for (i, pool) in raw.pools.iter().enumerate() {
@@ -273,6 +276,7 @@ impl Validator<'_> {
             plugins,
             admin,
             metrics,
+            dns,
             pools,
             routes,
             warnings: std::mem::take(&mut self.warnings),

@@ -21,6 +21,8 @@ pub struct Config {
     pub admin: AdminSettings,
     /// Address of the Prometheus `/metrics` endpoint, if any.
     pub metrics: Option<SocketAddr>,
+    /// Name servers for `backends_from`.
+    pub dns: DnsSettings,
     /// Backend pools, in file order.
     pub pools: Vec<PoolConfig>,
     /// Routes, in file order; empty means "everything to the only pool".
@@ -83,6 +85,9 @@ pub struct RouterUse {
 pub struct AdminSettings {
     /// Path of the Unix socket `switchyard ctl` talks to.
     pub socket: PathBuf,
+    /// Where drains and weights set at run time are saved on every change, and read
+    /// back at start and on a configuration reload (HAProxy's `server-state-file`).
+    pub state_file: Option<PathBuf>,
 }
 
 /// `[plugins]`
@@ -165,8 +170,11 @@ pub struct PoolConfig {
     pub balancer_config: Vec<(String, String)>,
     /// A second balancer asked on a sample of requests and never obeyed, if any.
     pub shadow: Option<ShadowConfig>,
-    /// Backends, in file order; the plugin sees them by this index.
+    /// Backends, in file order; the plugin sees them by this index. For a pool with
+    /// `discovery`, empty as parsed; the proxy fills in what DNS answers.
     pub backends: Vec<BackendConfig>,
+    /// `backends_from`: backends found in DNS, if the pool is not listed.
+    pub discovery: Option<Discovery>,
     /// Timeout to establish a connection to a backend.
     pub connect_timeout: Duration,
     /// How many other backends to try after a connection failure.
@@ -190,6 +198,51 @@ pub struct PoolConfig {
     pub tls: Option<UpstreamTls>,
     /// HTTP version spoken to the backends.
     pub protocol: UpstreamProtocol,
+}
+
+/// `backends_from` of a pool: where its backends are looked up, and how often.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Discovery {
+    /// The name asked.
+    pub source: DiscoverySource,
+    /// How often it is asked again.
+    pub interval: Duration,
+}
+
+/// The records that name a pool's backends.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DiscoverySource {
+    /// `dns = "NAME:PORT"`: every A and AAAA record of the name, at `port`.
+    Address {
+        /// The name.
+        host: String,
+        /// The port of every backend.
+        port: u16,
+    },
+    /// `dns_srv = "NAME"`: every SRV record of the name, each with its own target,
+    /// port and weight.
+    Srv {
+        /// The SRV name, like `_http._tcp.blog.internal`.
+        name: String,
+    },
+}
+
+impl std::fmt::Display for DiscoverySource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DiscoverySource::Address { host, port } => write!(f, "dns {host}:{port}"),
+            DiscoverySource::Srv { name } => write!(f, "dns_srv {name}"),
+        }
+    }
+}
+
+/// `[dns]`
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DnsSettings {
+    /// Name servers to ask; empty: the system's (`/etc/resolv.conf`).
+    pub servers: Vec<SocketAddr>,
+    /// How long one question may take.
+    pub timeout: Duration,
 }
 
 /// One backend of a pool.

@@ -46,6 +46,10 @@ impl Validator<'_> {
         );
         let shadow = self.shadow(&table, raw, plugins);
         let backends = self.backends(&table, raw, span.clone());
+        let discovery = raw
+            .backends_from
+            .as_ref()
+            .and_then(|d| self.discovery(&table, d));
         let connect_timeout = self.duration(
             raw.connect_timeout.as_ref(),
             &format!("{table}.connect_timeout"),
@@ -125,6 +129,7 @@ impl Validator<'_> {
             balancer_config,
             shadow,
             backends,
+            discovery,
             connect_timeout,
             retries,
             on_plugin_failure,
@@ -226,12 +231,18 @@ impl Validator<'_> {
                 _ => {}
             }
         }
-        if raw.backends.is_empty() {
-            self.invalid_at(
+        match (&raw.backends_from, raw.backends.first()) {
+            (None, None) => self.invalid_at(
                 span,
                 format!("{table}.backends"),
-                "the pool has no backends; add backends = [{ addr = \"127.0.0.1:3000\" }]",
-            );
+                "the pool has no backends; add backends = [{ addr = \"127.0.0.1:3000\" }], or backends_from = { dns = \"blog.internal:3000\" }",
+            ),
+            (Some(_), Some(first)) => self.invalid(
+                first,
+                format!("{table}.backends"),
+                "a pool takes its backends from a list or from backends_from (DNS), not both; split it into two pools",
+            ),
+            _ => {}
         }
         backends
     }

@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::ops::Range;
+use std::path::Path;
 use std::time::Duration;
 use toml::Spanned;
 
@@ -368,19 +369,42 @@ impl Validator<'_> {
     /// A file the proxy appends to: its directory must exist, and it must not be a
     /// directory itself. (Whether it can be opened is tried by `check` and `run`.)
     fn log_file(&mut self, raw: &Text, field: &str) -> Option<std::path::PathBuf> {
+        self.file_to_write(
+            raw,
+            field,
+            "/var/log/switchyard/access.log",
+            "remove the key to log to stderr",
+        )
+    }
+
+    /// A file the proxy will create or replace: not empty, not a directory, in a
+    /// directory that exists. `example` is a path shown in the hints; `if_unwanted` says
+    /// what leaving the key out does.
+    fn file_to_write(
+        &mut self,
+        raw: &Text,
+        field: &str,
+        example: &str,
+        if_unwanted: &str,
+    ) -> Option<std::path::PathBuf> {
         if raw.get_ref().trim().is_empty() {
-            self.invalid(raw, field, "empty; name a file, like \"/var/log/switchyard/access.log\", or remove the key to log to stderr");
+            self.invalid(
+                raw,
+                field,
+                format!("empty; name a file, like \"{example}\", or {if_unwanted}"),
+            );
             return None;
         }
         let path = self.path(raw);
         if path.is_dir() {
+            let file_name = Path::new(example).file_name().unwrap_or_default();
             self.invalid(
                 raw,
                 field,
                 format!(
                     "{} is a directory; name a file in it, like \"{}\"",
                     path.display(),
-                    path.join("access.log").display()
+                    path.join(file_name).display()
                 ),
             );
             return None;
@@ -396,7 +420,8 @@ impl Validator<'_> {
     }
 
     pub(super) fn admin(&mut self, raw: Option<RawAdmin>) -> AdminSettings {
-        let socket = match raw.and_then(|a| a.socket) {
+        let (raw_socket, raw_state_file) = raw.map_or((None, None), |a| (a.socket, a.state_file));
+        let socket = match raw_socket {
             Some(s) if s.get_ref().is_empty() => {
                 self.invalid(
                     &s,
@@ -408,6 +433,14 @@ impl Validator<'_> {
             Some(s) => self.path(&s),
             None => default_admin_socket(),
         };
-        AdminSettings { socket }
+        let state_file = raw_state_file.and_then(|f| {
+            self.file_to_write(
+                &f,
+                "admin.state_file",
+                "/var/lib/switchyard/state.json",
+                "remove the key to keep drains and weights only until the process ends",
+            )
+        });
+        AdminSettings { socket, state_file }
     }
 }

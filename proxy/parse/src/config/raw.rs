@@ -23,6 +23,7 @@ pub(super) struct RawConfig {
     pub plugins: Option<RawPlugins>,
     pub admin: Option<RawAdmin>,
     pub metrics: Option<RawMetrics>,
+    pub dns: Option<RawDns>,
     #[serde(default)]
     pub pools: Vec<Spanned<RawPool>>,
     #[serde(default)]
@@ -78,6 +79,7 @@ pub(super) struct RawMetrics {
 #[derive(Deserialize)]
 pub(super) struct RawAdmin {
     pub socket: Option<Text>,
+    pub state_file: Option<Text>,
 }
 
 #[derive(Deserialize)]
@@ -108,6 +110,7 @@ pub(super) struct RawPool {
     pub shadow_sample: Option<Spanned<toml::Value>>,
     #[serde(default)]
     pub backends: Vec<Spanned<RawBackend>>,
+    pub backends_from: Option<Spanned<RawDiscovery>>,
     pub connect_timeout: Option<Text>,
     pub retries: Option<Spanned<i64>>,
     pub on_plugin_failure: Option<Text>,
@@ -132,6 +135,21 @@ pub(super) struct RawBackend {
     pub weight: Option<Spanned<i64>>,
     #[serde(default)]
     pub backup: bool,
+}
+
+/// `backends_from`: backends found in DNS rather than listed.
+#[derive(Deserialize)]
+pub(super) struct RawDiscovery {
+    pub dns: Option<Text>,
+    pub dns_srv: Option<Text>,
+    pub interval: Option<Text>,
+}
+
+/// `[dns]`: the name servers `backends_from` asks.
+#[derive(Deserialize)]
+pub(super) struct RawDns {
+    pub servers: Option<TextList>,
+    pub timeout: Option<Text>,
 }
 
 #[derive(Deserialize)]
@@ -186,6 +204,8 @@ pub(super) fn keys_of(parent: &str) -> Option<&'static [&'static str]> {
         "plugins.limits" | "pools.limits" => field_names::<RawLimits>(),
         "pools" => field_names::<RawPool>(),
         "pools.backends" => field_names::<RawBackend>(),
+        "pools.backends_from" => field_names::<RawDiscovery>(),
+        "dns" => field_names::<RawDns>(),
         "pools.health_check" => field_names::<RawHealthCheck>(),
         "pools.outlier_detection" => field_names::<RawOutlier>(),
         "routes" => field_names::<RawRoute>(),

@@ -25,6 +25,12 @@ fn outcome(file: &Path, text: &str) -> String {
                 "connections {:?}, paths {:?}, metrics {:?}\n",
                 p.connections, p.paths, c.metrics
             ));
+            if c.admin.state_file.is_some() || !c.dns.servers.is_empty() {
+                out.push_str(&format!(
+                    "admin state_file {:?}, dns servers {:?} timeout {:?}\n",
+                    c.admin.state_file, c.dns.servers, c.dns.timeout
+                ));
+            }
             for w in &c.warnings {
                 out.push_str(&format!("{w}\n"));
             }
@@ -49,6 +55,12 @@ fn outcome(file: &Path, text: &str) -> String {
                     out.push_str(&format!(
                         "  shadow {} at {}, config {:?}, sample {}\n",
                         sh.plugin, sh.at, sh.config, sh.sample
+                    ));
+                }
+                if let Some(d) = &p.discovery {
+                    out.push_str(&format!(
+                        "  backends_from {} every {:?}\n",
+                        d.source, d.interval
                     ));
                 }
                 for b in &p.backends {
