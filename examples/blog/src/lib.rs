@@ -2,20 +2,23 @@
 //! instances share — written to be run behind Switchyard.
 //!
 //! ```text
-//! GET  /healthz                  200 "ok" (what Switchyard's health check asks)
+//! GET  /healthz                  200 "ok" (what Switchyard's health check asks); 503
+//!                                while the database file is gone
 //! GET  /articles                 [{"id":1,"title":"…"}, …]
 //! GET  /articles/ID              {"id":1,"title":"…","body":"…","comments":["…"]}
 //! POST /articles                 {"title":"…","body":"…"} → 201 {"id":N}
 //! POST /articles/ID/comments     {"text":"…"} → 201
 //! ```
 //!
-//! Every response names the instance that served it in `x-instance`.
+//! Every response names the instance that served it in `x-instance`. While the database
+//! file is missing every answer is 503; once `blog restore` puts a file back, instances
+//! reopen it. `blog backup` copies the database online ([`backup`]).
 
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use serde::Deserialize;
 use serde_json::json;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -23,16 +26,36 @@ use tokio::net::{TcpListener, TcpStream};
 /// Largest request body accepted.
 const MAX_BODY: usize = 64 << 10;
 
+pub mod backup;
+
 /// One instance: its name and its connection to the shared database.
 #[derive(Debug)]
 pub struct Blog {
     name: String,
-    db: Mutex<Connection>,
+    path: PathBuf,
+    db: Mutex<Option<Open>>,
 }
 
-/// Opens (and, the first time, creates) the database at `path`.
-pub fn open(name: &str, path: &Path) -> rusqlite::Result<Blog> {
-    let db = Connection::open(path)?;
+/// The connection, and which file it has open (`blog restore` puts a new file in place).
+#[derive(Debug)]
+struct Open {
+    connection: Connection,
+    file: (u64, u64),
+}
+
+/// Device and inode of the file at `path`, if there is one.
+fn file_id(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
+/// Connects to the database at `path`; creates it only if `create`.
+fn connect(path: &Path, create: bool) -> rusqlite::Result<Connection> {
+    let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    if create {
+        flags |= OpenFlags::SQLITE_OPEN_CREATE;
+    }
+    let db = Connection::open_with_flags(path, flags)?;
     // Several processes write to one file: WAL lets readers go on while one writes,
     // and the busy timeout makes a writer wait for another instead of failing.
     db.pragma_update(None, "journal_mode", "wal")?;
@@ -41,10 +64,46 @@ pub fn open(name: &str, path: &Path) -> rusqlite::Result<Blog> {
         "CREATE TABLE IF NOT EXISTS articles (id INTEGER PRIMARY KEY, title TEXT NOT NULL, body TEXT NOT NULL);
          CREATE TABLE IF NOT EXISTS comments (id INTEGER PRIMARY KEY, article INTEGER NOT NULL REFERENCES articles(id), text TEXT NOT NULL);",
     )?;
+    Ok(db)
+}
+
+/// Opens (and, the first time, creates) the database at `path`.
+pub fn open(name: &str, path: &Path) -> rusqlite::Result<Blog> {
+    let connection = connect(path, true)?;
+    let file = file_id(path).unwrap_or_default();
     Ok(Blog {
         name: name.to_owned(),
-        db: Mutex::new(db),
+        path: path.to_owned(),
+        db: Mutex::new(Some(Open { connection, file })),
     })
+}
+
+impl Blog {
+    /// The connection to the database file as it is now: reopened when `blog restore`
+    /// has put another file in place, an error (answered 503) while there is none. A
+    /// connection to a deleted file would keep answering from it, and its writes would
+    /// be lost.
+    fn database<'a>(&self, db: &'a mut Option<Open>) -> Result<&'a Connection, String> {
+        let Some(now) = file_id(&self.path) else {
+            *db = None;
+            return Err(format!(
+                "the database {} is gone; restore it with `blog restore BACKUP {}`",
+                self.path.display(),
+                self.path.display()
+            ));
+        };
+        if db.as_ref().is_none_or(|o| o.file != now) {
+            let connection = connect(&self.path, false)
+                .map_err(|e| format!("cannot open the database {}: {e}", self.path.display()))?;
+            *db = Some(Open {
+                connection,
+                file: now,
+            });
+        }
+        db.as_ref()
+            .map(|o| &o.connection)
+            .ok_or_else(|| "no database".to_owned())
+    }
 }
 
 /// Serves `blog` on `listener` until the process ends.
@@ -87,6 +146,7 @@ async fn connection(blog: &Blog, mut stream: TcpStream) -> std::io::Result<()> {
             201 => "Created",
             400 => "Bad Request",
             404 => "Not Found",
+            503 => "Service Unavailable",
             _ => "Error",
         };
         let head = format!(
@@ -175,13 +235,18 @@ struct NewComment {
 }
 
 fn handle(blog: &Blog, request: &Request) -> (u16, String) {
-    let db = blog.db.lock().unwrap_or_else(PoisonError::into_inner);
+    let mut open = blog.db.lock().unwrap_or_else(PoisonError::into_inner);
+    // Without its database an instance is not healthy either: /healthz says so too.
+    let db = match blog.database(&mut open) {
+        Ok(db) => db,
+        Err(why) => return (503, json!({ "error": why }).to_string()),
+    };
     let segments: Vec<&str> = request.path.trim_matches('/').split('/').collect();
     let outcome = match (request.method.as_str(), segments.as_slice()) {
         ("GET", ["healthz"]) => Ok((200, json!("ok"))),
-        ("GET", ["articles"]) => list(&db),
+        ("GET", ["articles"]) => list(db),
         ("GET", ["articles", id]) => match id.parse() {
-            Ok(id) => article(&db, id),
+            Ok(id) => article(db, id),
             Err(_) => Ok((404, json!({"error": "no such article"}))),
         },
         ("POST", ["articles"]) => match serde_json::from_slice::<NewArticle>(&request.body) {
@@ -201,7 +266,7 @@ fn handle(blog: &Blog, request: &Request) -> (u16, String) {
                 id.parse::<i64>(),
                 serde_json::from_slice::<NewComment>(&request.body),
             ) {
-                (Ok(id), Ok(c)) => match exists(&db, id) {
+                (Ok(id), Ok(c)) => match exists(db, id) {
                     Ok(true) => db
                         .execute(
                             "INSERT INTO comments (article, text) VALUES (?1, ?2)",

@@ -9,7 +9,10 @@
 //! ```
 //!
 //! `blog serve NAME ADDR DB` runs one instance (and prints `listening ADDR`);
-//! `examples/blog/tests/failover.rs` kills and restarts instances under load.
+//! `blog backup DB DIR [--every SECONDS] [--keep N]` copies the database online and
+//! `blog restore FILE DB` puts a copy back (see `backup.rs`);
+//! `examples/blog/tests/failover.rs` kills and restarts instances under load, and
+//! destroys and restores the database.
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -27,13 +30,54 @@ fn main() -> ExitCode {
         ["serve", name, addr, db] => serve(name, addr, Path::new(db)),
         ["up"] => up("127.0.0.1:8080"),
         ["up", "--listen", listen] => up(listen),
-        _ => Err("usage: blog serve NAME ADDR DB | blog up [--listen ADDR]".to_owned()),
+        ["backup", db, dir, options @ ..] => backup(Path::new(db), Path::new(dir), options),
+        ["restore", copy, db] => {
+            switchyard_example_blog::backup::restore(Path::new(copy), Path::new(db))
+                .map(|()| println!("restored {db} from {copy}"))
+        }
+        _ => Err(USAGE.to_owned()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("blog: {e}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+const USAGE: &str = "usage: blog serve NAME ADDR DB | blog up [--listen ADDR] | \
+blog backup DB DIR [--every SECONDS] [--keep N] | blog restore FILE DB";
+
+/// `blog backup DB DIR [--every SECONDS] [--keep N]`: once, or every SECONDS forever.
+fn backup(db: &Path, dir: &Path, options: &[&str]) -> Result<(), String> {
+    let (mut every, mut keep) = (None, 5usize);
+    let mut rest = options.iter();
+    while let Some(option) = rest.next() {
+        let value = rest
+            .next()
+            .ok_or_else(|| format!("{option} needs a value; {USAGE}"))?;
+        match *option {
+            "--every" => {
+                let seconds: f64 = value
+                    .parse()
+                    .map_err(|_| format!("--every {value:?}: seconds, like 30"))?;
+                every = Some(std::time::Duration::from_secs_f64(seconds.max(0.1)));
+            }
+            "--keep" => {
+                keep = value
+                    .parse()
+                    .map_err(|_| format!("--keep {value:?}: a count, like 5"))?
+            }
+            _ => return Err(format!("unknown option {option}; {USAGE}")),
+        }
+    }
+    loop {
+        let copy = switchyard_example_blog::backup::backup_once(db, dir, keep)?;
+        println!("backup {}", copy.display());
+        match every {
+            Some(pause) => std::thread::sleep(pause),
+            None => return Ok(()),
         }
     }
 }

@@ -5,6 +5,10 @@
 //! 2. One primary is killed: no GET fails, and the health check marks it down.
 //! 3. It restarts on the same port and the health check returns it to service.
 //! 4. All primaries are killed: the backup serves. One primary returns: it serves again.
+//!
+//! And the database: articles and comments are written, `blog backup` copies the file
+//! online, the file is destroyed under load (every instance answers 503, none
+//! crashes), `blog restore` puts the copy back, and everything written reads back.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -181,30 +185,24 @@ fn load_until(
     panic!("{what}: not within 5 s; last answers by instance: {last:?}");
 }
 
-#[test]
-fn failover_script() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("blog.db");
-    let mut instances: Vec<Instance> = ["a", "b", "c", "d"]
+/// Instances a, b, c (primaries) and d (backup) on `db`, and Switchyard in front.
+fn blog_behind_switchyard(dir: &Path, db: &Path) -> (Vec<Instance>, KillOnDrop, SocketAddr) {
+    let instances: Vec<Instance> = ["a", "b", "c", "d"]
         .into_iter()
-        .map(|n| Instance::start(n, "127.0.0.1:0", &db))
+        .map(|n| Instance::start(n, "127.0.0.1:0", db))
         .collect();
     let addrs: Vec<SocketAddr> = instances.iter().map(|i| i.addr).collect();
     let listen = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap();
-    let config = dir.path().join("switchyard.toml");
+    let config = dir.join("switchyard.toml");
     std::fs::write(
         &config,
-        switchyard_example_blog::config_text(
-            &listen.to_string(),
-            &addrs,
-            &dir.path().join("admin.sock"),
-        ),
+        switchyard_example_blog::config_text(&listen.to_string(), &addrs, &dir.join("admin.sock")),
     )
     .unwrap();
-    let log = std::fs::File::create(dir.path().join("switchyard.log")).unwrap();
+    let log = std::fs::File::create(dir.join("switchyard.log")).unwrap();
     let proxy = KillOnDrop(
         Command::new(switchyard_binary())
             .args(["run", "--config"])
@@ -213,17 +211,25 @@ fn failover_script() {
             .stderr(log)
             .spawn()
             .unwrap(),
-        dir.path().join("switchyard.log"),
+        dir.join("switchyard.log"),
     );
     let deadline = Instant::now() + Duration::from_secs(30);
     while TcpStream::connect(listen).is_err() {
         assert!(
             Instant::now() < deadline,
             "switchyard did not start: {}",
-            std::fs::read_to_string(dir.path().join("switchyard.log")).unwrap_or_default()
+            std::fs::read_to_string(dir.join("switchyard.log")).unwrap_or_default()
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+    (instances, proxy, listen)
+}
+
+#[test]
+fn failover_script() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("blog.db");
+    let (mut instances, proxy, listen) = blog_behind_switchyard(dir.path(), &db);
 
     // 1. Writes through the proxy land in the shared database; every primary serves.
     let posted = http(
@@ -305,4 +311,129 @@ impl Drop for KillOnDrop {
             );
         }
     }
+}
+
+/// Runs the `blog` binary with `args` to its end: its stdout, or why it failed.
+fn blog(args: &[&std::ffi::OsStr]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_blog"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "blog {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn the_database_is_backed_up_destroyed_under_load_and_restored() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("blog.db");
+    let (mut instances, proxy, listen) = blog_behind_switchyard(dir.path(), &db);
+    const ARTICLES: usize = 10;
+    for i in 1..=ARTICLES {
+        let body = format!(r#"{{"title":"Post {i}","body":"Body {i}"}}"#);
+        assert_eq!(
+            http(listen, "POST", "/articles", &body).unwrap().status,
+            201
+        );
+        for c in ["first", "second"] {
+            let comment = format!(r#"{{"text":"{c} on {i}"}}"#);
+            let path = format!("/articles/{i}/comments");
+            assert_eq!(http(listen, "POST", &path, &comment).unwrap().status, 201);
+        }
+    }
+
+    // An online copy, while a writer goes on posting (those later posts are not in it).
+    let backups = dir.path().join("backups");
+    let writer = std::thread::spawn(move || {
+        for i in 0..20 {
+            let body = format!(r#"{{"title":"Later {i}","body":"x"}}"#);
+            let _ = http(listen, "POST", "/articles", &body);
+        }
+    });
+    let printed = blog(&[
+        "backup".as_ref(),
+        db.as_os_str(),
+        backups.as_os_str(),
+        "--keep".as_ref(),
+        "2".as_ref(),
+    ]);
+    writer.join().unwrap();
+    let copy = PathBuf::from(printed.trim().strip_prefix("backup ").unwrap());
+    assert!(copy.is_file(), "{printed}");
+
+    // Under load, the database disappears; then the copy is restored.
+    let until = Instant::now() + Duration::from_secs(4);
+    let load: Vec<_> = (0..4)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let mut statuses: HashMap<u16, usize> = HashMap::new();
+                let mut errors = Vec::new();
+                while Instant::now() < until {
+                    match http(listen, "GET", "/articles/1", "") {
+                        Ok(a) => *statuses.entry(a.status).or_insert(0) += 1,
+                        Err(e) => errors.push(e.to_string()),
+                    }
+                }
+                (statuses, errors)
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    for suffix in ["", "-wal", "-shm"] {
+        let mut path = db.as_os_str().to_owned();
+        path.push(suffix);
+        let _ = std::fs::remove_file(path);
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    blog(&["restore".as_ref(), copy.as_os_str(), db.as_os_str()]);
+    let mut statuses: HashMap<u16, usize> = HashMap::new();
+    for t in load {
+        let (s, errors) = t.join().unwrap();
+        assert!(errors.is_empty(), "requests got no answer: {errors:?}");
+        for (k, v) in s {
+            *statuses.entry(k).or_insert(0) += v;
+        }
+    }
+    eprintln!("answers while the database went and came back: {statuses:?}");
+    assert!(statuses.get(&503).copied().unwrap_or(0) > 0, "{statuses:?}");
+    assert!(
+        statuses.keys().all(|s| *s == 200 || *s == 503),
+        "only 200 and 503: {statuses:?}"
+    );
+    for i in &mut instances {
+        let child = i.child.as_mut().unwrap();
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "instance {} exited",
+            i.name
+        );
+    }
+
+    // Everything written before the backup reads back, through the proxy.
+    load_until(listen, "the restored database to serve", |by| {
+        !by.is_empty()
+    });
+    let list = http(listen, "GET", "/articles", "").unwrap();
+    assert_eq!(list.status, 200, "{}", list.body);
+    for i in 1..=ARTICLES {
+        let a = http(listen, "GET", &format!("/articles/{i}"), "").unwrap();
+        assert_eq!(a.status, 200, "{}", a.body);
+        assert!(
+            a.body.contains(&format!("\"title\":\"Post {i}\"")),
+            "{}",
+            a.body
+        );
+        assert!(
+            a.body.contains(&format!(
+                "\"comments\":[\"first on {i}\",\"second on {i}\"]"
+            )),
+            "{}",
+            a.body
+        );
+    }
+    drop(proxy);
 }
