@@ -54,9 +54,9 @@ cleanup() {
     rm -rf "$WORK"
 }
 trap cleanup EXIT
-# `ip netns exec` execs the command itself, so `$!` after `ip netns exec … &` is the
-# command's own pid (a shell function in the background would be a subshell's).
-in_ns() { local n="$1"; shift; ip netns exec "$P-$n" "$@"; }
+# Background commands are started as `ip netns exec … &`, never through a shell
+# function: `ip netns exec` execs the command, so `$!` is the command's own pid (a
+# function in the background would be a subshell's).
 
 # --- the network: a bridge in a namespace of its own, one veth per host ---------------
 ip netns add "$P-sw"
@@ -97,7 +97,6 @@ start_keepalived() {
         --pid "$WORK/$name/keepalived.pid" --vrrp_pid "$WORK/$name/vrrp.pid" \
         >>"$WORK/$name/keepalived.log" 2>&1 &
     PIDS+=($!)
-    eval "KEEPALIVED_$name=$!"
 }
 start_proxy lb1
 start_proxy lb2

@@ -15,7 +15,7 @@ use crate::config::{Config, ConfigErrors};
 use crate::connections::{Capped, ConnectionCaps};
 use crate::control::Control;
 use crate::discovery::DnsDiscovery;
-use crate::discovery::resolve::resolve_missing;
+use crate::discovery::resolve::fill_from_dns;
 use crate::discovery::sets::DiscoveredSets;
 use crate::health::HealthChecker;
 use crate::logging::Logging;
@@ -117,7 +117,7 @@ fn http_options(config: &Config) -> HttpServerOptions {
 /// flushed, and `scratch` (a directory the caller made for this run, like the demo's)
 /// removed, before the process exits.
 pub fn run(
-    config: Config,
+    mut config: Config,
     logging: Arc<Logging>,
     scratch: Option<std::path::PathBuf>,
 ) -> Result<(), StartError> {
@@ -133,9 +133,7 @@ pub fn run(
         ))
         .map_err(metrics_error)?;
     let discovered = Arc::new(DiscoveredSets::new(&telemetry).map_err(metrics_error)?);
-    let mut config = config;
-    resolve_missing(&config, &discovered);
-    discovered.fill(&mut config);
+    fill_from_dns(&mut config, &discovered);
     let runtime = build_runtime(&config, &engine, &telemetry, None)?;
     if let Some(path) = &config.admin.state_file {
         // A damaged file must not keep the proxy from serving: said, then left alone.

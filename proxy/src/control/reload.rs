@@ -7,7 +7,7 @@ use std::sync::{Arc, PoisonError};
 
 use super::{Control, OpResult};
 use crate::config::{self, Config, SystemResolver};
-use crate::discovery::resolve::resolve_missing;
+use crate::discovery::resolve::fill_from_dns;
 use crate::plugin::registry::{FsCatalog, sha256_hex};
 use crate::plugin::request::{RequestView, placeholder_header};
 use crate::plugin::{LoadedPlugin, PoolBalancer, RouterInstance};
@@ -105,8 +105,7 @@ impl Control {
             let mut new = config::load(&old.source, &FsCatalog, &SystemResolver)
                 .map_err(|e| e.to_string())?;
             // Pools found in DNS keep their last answer; a pool new to DNS is asked now.
-            resolve_missing(&new, &self.discovered);
-            self.discovered.fill(&mut new);
+            fill_from_dns(&mut new, &self.discovered);
             let restart_needed = restart_only_changes(&old, &new, self.json_log);
             let new = keep_restart_only(&old, new, self.json_log);
             let runtime = runtime::build_runtime(

@@ -141,10 +141,16 @@ impl DnsResolver {
     }
 }
 
-/// Looks up, once and blocking, every DNS-discovered pool of `config` that `sets` has
-/// no answer for yet (at start, and for pools a reload adds). Runs on a thread of its
-/// own, so it may be called from inside an async runtime.
-pub fn resolve_missing(config: &Config, sets: &DiscoveredSets) {
+/// Gives every DNS-discovered pool of `config` its backends: the last good answer in
+/// `sets`, after looking up — once and blocking — the pools `sets` has no answer for
+/// yet (at start, and pools a reload adds). The lookups run on a thread of their own,
+/// so this may be called from inside an async runtime.
+pub fn fill_from_dns(config: &mut Config, sets: &DiscoveredSets) {
+    resolve_missing(config, sets);
+    sets.fill(config);
+}
+
+fn resolve_missing(config: &Config, sets: &DiscoveredSets) {
     let wanted: Vec<(String, DiscoverySource)> = config
         .pools
         .iter()
