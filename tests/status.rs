@@ -154,7 +154,8 @@ async fn sigterm_fails_ready_at_once_and_serves_through_the_drain_delay() {
         ),
         &[],
     );
-    assert_eq!(probe(metrics, "/ready").await.unwrap().0, 200);
+    // Ready once every listener has accepted a connection, a few ms after the port opens.
+    assert_eq!(until_status(metrics, "/ready", 200).await.unwrap().0, 200);
     let signalled = Instant::now();
     proxy.sigterm();
     let (status, body) = until_status(metrics, "/ready", 503).await.unwrap();
