@@ -55,6 +55,21 @@ pub enum CtlCommand {
         /// The pool.
         pool: String,
     },
+    /// Response caches: entries, bytes, hit ratio, evictions, results; with NAME, its
+    /// keys too.
+    Cache {
+        /// Only this cache.
+        name: Option<String>,
+    },
+    /// Remove entries from a cache, in memory and on disk: one key as `ctl cache NAME`
+    /// shows it (`blog.local/articles/3`), or every key starting with a prefix that
+    /// ends in `*` (`'blog.local/articles/*'`).
+    Purge {
+        /// The cache.
+        name: String,
+        /// The key, or a prefix ending in `*`.
+        key: String,
+    },
     /// The configuration file.
     Config {
         #[command(subcommand)]
@@ -93,6 +108,12 @@ impl CtlCommand {
             }
             CtlCommand::Shadow { pool } => words(&["shadow", pool]),
             CtlCommand::Promote { pool } => words(&["promote", pool]),
+            CtlCommand::Cache { name } => {
+                let mut w = words(&["cache"]);
+                w.extend(name.clone());
+                w
+            }
+            CtlCommand::Purge { name, key } => words(&["purge", name, key]),
             CtlCommand::Config {
                 command: CtlConfigCommand::Reload,
             } => words(&["config", "reload"]),

@@ -4,6 +4,11 @@
 use serde_json::Value;
 use std::fmt::Write;
 
+/// A JSON value as a table cell: strings without quotes.
+pub fn text(v: &Value) -> String {
+    s(v)
+}
+
 fn s(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
@@ -208,6 +213,16 @@ pub fn human(request: &Value, reply: &Value) -> String {
                     s(&b["shadow_picks"])
                 );
             }
+        }
+        "cache" => crate::control::cache::format(reply, &mut out),
+        "purge" => {
+            let _ = writeln!(
+                out,
+                "cache {}: purged {} entr(ies) matching {}",
+                s(&reply["cache"]),
+                s(&reply["purged"]),
+                s(&reply["key"])
+            );
         }
         "promote" => {
             let _ = writeln!(

@@ -6,6 +6,7 @@
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod admin;
+pub mod cache;
 pub use switchyard_parse::config;
 pub mod connections;
 pub mod control;

@@ -113,6 +113,7 @@ mod tests {
             allow: Vec::new(),
             deny: Vec::new(),
             rate_limit: None,
+            cache: None,
             router: None,
         }
     }

@@ -6,6 +6,7 @@ use ipnet::IpNet;
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use crate::cache::{Cache, CacheError, CacheUse};
 use crate::config::{AccessLog, Config, PathSettings, RequestLimits};
 use crate::edge::RoutePolicy;
 use crate::plugin::{
@@ -31,6 +32,10 @@ pub struct Runtime {
     pub policies: Vec<RoutePolicy>,
     /// Settings of the listeners.
     pub edge: EdgeSettings,
+    /// Response caches, kept across reloads by name.
+    pub caches: Vec<Arc<Cache>>,
+    /// Each route's cache, by route index.
+    pub route_caches: Vec<Option<Arc<CacheUse>>>,
 }
 
 impl Runtime {
@@ -78,6 +83,9 @@ pub enum BuildError {
     /// A CA file could not be used.
     #[error("error: {0}")]
     Tls(String),
+    /// A cache's disk tier could not be opened.
+    #[error("error: {0}")]
+    Cache(#[from] CacheError),
 }
 
 /// A registry for `config`'s plugin directory and cache.
@@ -231,7 +239,15 @@ pub fn build_runtime(
         },
     );
     let proxy = &config.proxy;
+    let caches = crate::cache::open_caches(
+        config,
+        previous.map_or(&[][..], |p| &p.caches),
+        &telemetry.cache,
+    )?;
+    let route_caches = crate::cache::route_uses(config, &caches);
     Ok(Runtime {
+        caches,
+        route_caches,
         pools,
         router,
         routers,

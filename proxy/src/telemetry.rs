@@ -79,6 +79,8 @@ pub struct Telemetry {
     /// Requests that reached no pool, by class.
     outside_pools: [IntCounter; CLASSES.len()],
     in_flight: AtomicUsize,
+    /// The response caches' series.
+    pub cache: crate::cache::metrics::CacheMetrics,
 }
 
 fn counter(
@@ -143,6 +145,7 @@ impl Telemetry {
         registry.register(Box::new(duration.clone()))?;
         let refused = Refused::ALL.map(|r| refused.with_label_values(&[r.as_str()]));
         let outside_pools = CLASSES.map(|c| requests.with_label_values(&["", "", c]));
+        let cache = crate::cache::metrics::CacheMetrics::register(&registry)?;
         Ok(Telemetry {
             registry,
             requests,
@@ -154,6 +157,7 @@ impl Telemetry {
             refused,
             outside_pools,
             in_flight: AtomicUsize::new(0),
+            cache,
         })
     }
 

@@ -32,7 +32,7 @@ pub fn parse_request(line: &str) -> Result<Value, String> {
 
 /// Turns `ctl` words into a protocol request: `reload lb` → `{"cmd":"reload","plugin":"lb"}`.
 pub fn words_to_request(words: &[&str]) -> Result<Value, String> {
-    let usage = "commands: status | plugins | backends [POOL] | reload [PLUGIN] | drain POOL ADDR | undrain POOL ADDR | weight POOL ADDR N | shadow POOL | promote POOL | config reload";
+    let usage = "commands: status | plugins | backends [POOL] | reload [PLUGIN] | drain POOL ADDR | undrain POOL ADDR | weight POOL ADDR N | shadow POOL | promote POOL | cache [NAME] | purge NAME KEY|PREFIX* | config reload";
     let request = match words {
         ["status"] => json!({ "cmd": "status" }),
         ["plugins"] => json!({ "cmd": "plugins" }),
@@ -47,6 +47,9 @@ pub fn words_to_request(words: &[&str]) -> Result<Value, String> {
         }
         ["shadow", pool] => json!({ "cmd": "shadow", "pool": pool }),
         ["promote", pool] => json!({ "cmd": "promote", "pool": pool }),
+        ["cache"] => json!({ "cmd": "cache" }),
+        ["cache", name] => json!({ "cmd": "cache", "name": name }),
+        ["purge", name, key] => json!({ "cmd": "purge", "name": name, "key": key }),
         ["config", "reload"] | ["config-reload"] => json!({ "cmd": "config-reload" }),
         [] => return Err(format!("no command; {usage}")),
         other => return Err(format!("unknown command `{}`; {usage}", other.join(" "))),

@@ -21,6 +21,7 @@ use crate::runtime::Runtime;
 use crate::telemetry::Telemetry;
 use crate::tls::ListenerCertificates;
 
+pub mod cache;
 mod discovery;
 mod reload;
 mod shadow;
@@ -200,8 +201,10 @@ impl Control {
             "config-reload" => self.reload_config(),
             "shadow" => self.shadow(need("pool")?),
             "promote" => self.promote(need("pool")?),
+            "cache" => self.cache(arg("name")),
+            "purge" => self.purge(need("name")?, need("key")?),
             other => Err(format!(
-                "unknown command {other:?}; commands: status, plugins, backends [POOL], reload [PLUGIN], drain POOL ADDR, undrain POOL ADDR, weight POOL ADDR N, shadow POOL, promote POOL, config-reload"
+                "unknown command {other:?}; commands: status, plugins, backends [POOL], reload [PLUGIN], drain POOL ADDR, undrain POOL ADDR, weight POOL ADDR N, shadow POOL, promote POOL, cache [NAME], purge NAME KEY, config-reload"
             )),
         }
     }

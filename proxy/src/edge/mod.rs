@@ -216,6 +216,7 @@ mod tests {
             ],
             deny: vec!["192.0.2.66/32".parse().unwrap()],
             rate_limit: None,
+            cache: None,
         };
         let policy = RoutePolicy::new(&route);
         let ip = |s: &str| Some(s.parse::<IpAddr>().unwrap());

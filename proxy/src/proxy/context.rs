@@ -49,6 +49,10 @@ pub struct RequestCtx {
     /// Time to the response header of the last attempt.
     pub(super) upstream_time: Option<Duration>,
     pub(super) _in_flight: Option<InFlight>,
+    /// Index of the route matched, if any.
+    pub(super) route: Option<usize>,
+    /// What the response cache does with this request, on a cached route.
+    pub(super) cache: Option<super::caching::CacheState>,
 }
 
 /// A request counted in its pool's requests in flight (and retries, once granted one)

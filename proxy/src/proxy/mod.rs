@@ -19,6 +19,7 @@
 //! ```
 
 mod answer;
+mod caching;
 mod context;
 mod stages;
 mod upstream;
@@ -97,8 +98,13 @@ impl ProxyHttp for Switchyard {
         );
         match route(&runtime, session.req_header_mut(), ctx) {
             Verdict::Pool(i) => {
-                ctx.enter(runtime.pools.get(i));
-                Ok(false)
+                let pool = runtime.pools.get(i);
+                ctx.enter(pool);
+                let cache = ctx.route.and_then(|r| runtime.route_caches.get(r)?.clone());
+                match (cache, pool) {
+                    (Some(cache), Some(pool)) => caching::lookup(session, ctx, &cache, pool).await,
+                    _ => Ok(false),
+                }
             }
             Verdict::Answer(answer) => respond(session, answer, &self.telemetry).await,
         }
@@ -217,6 +223,7 @@ impl ProxyHttp for Switchyard {
             .client_addr()
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
+        caching::prepare_upstream(ctx, upstream);
         upstream::prepare(
             upstream,
             ctx,
@@ -251,6 +258,27 @@ impl ProxyHttp for Switchyard {
             e.set_retry(true);
             return Err(e);
         }
+        caching::on_response(ctx, session.req_header(), upstream)
+    }
+
+    fn upstream_response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<Duration>> {
+        caching::on_body(ctx, body.as_ref(), end_of_stream);
+        Ok(None)
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        caching::mark_response(ctx, response);
         Ok(())
     }
 
@@ -263,6 +291,10 @@ impl ProxyHttp for Switchyard {
         client_reused: bool,
     ) -> Box<Error> {
         let mut e = e.more_context(format!("Peer: {peer}"));
+        if caching::answering(ctx) {
+            e.set_retry(false);
+            return e;
+        }
         let replayable = session.req_header().method.is_idempotent()
             && !session.as_ref().retry_buffer_truncated();
         if !replayable {
@@ -301,6 +333,10 @@ impl ProxyHttp for Switchyard {
         e
     }
 
+    fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, error: &Error) -> bool {
+        caching::is_answer(error)
+    }
+
     async fn fail_to_proxy(
         &self,
         session: &mut Session,
@@ -336,6 +372,14 @@ impl ProxyHttp for Switchyard {
                 ErrorSource::Internal | ErrorSource::Unset => 500,
             },
         };
+        if code > 0
+            && let Some(status) = caching::answer_failure(session, ctx, code).await
+        {
+            return FailToProxy {
+                error_code: status,
+                can_reuse_downstream: true,
+            };
+        }
         if code > 0 {
             let written = match ctx.error_body.take() {
                 Some(body) => {
@@ -367,6 +411,7 @@ impl ProxyHttp for Switchyard {
         let tried = ctx.attempt.as_ref().map(|a| a.backend);
         let backend = tried.and_then(|i| ctx.pool().map(|p| p.backends[i].addr));
         ctx.release(failed);
+        caching::on_end(ctx, e.is_some());
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let took = ctx.arrived.map_or(Duration::ZERO, |t| t.elapsed());
         match ctx.pool() {

@@ -98,6 +98,7 @@ pub(super) fn route(
         );
         return Verdict::Answer(Answer::plain(404, Vec::new(), text));
     };
+    ctx.route = target.route;
     let policy = target.route.and_then(|r| runtime.policies.get(r));
     if let Some(refusal) = policy.and_then(|p| p.check(ctx.client).err()) {
         let answer = match refusal {

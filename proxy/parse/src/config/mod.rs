@@ -14,6 +14,7 @@
 //! [`PluginCatalog`] and host names through a [`Resolver`], so tests and the fuzzer
 //! supply fixed ones.
 
+mod caches;
 mod diagnostics;
 mod discovery;
 mod model;
@@ -24,6 +25,9 @@ mod raw;
 mod routes;
 mod validate;
 
+pub use caches::{
+    DEFAULT_CACHE_DISK, DEFAULT_CACHE_MEMORY, DEFAULT_KEY, DEFAULT_LOCK_TIMEOUT, DEFAULT_MAX_OBJECT,
+};
 pub use diagnostics::{ConfigError, ConfigErrors, ConfigWarning, Location};
 pub use discovery::{DEFAULT_DISCOVERY_INTERVAL, DEFAULT_DNS_TIMEOUT};
 pub use model::*;
@@ -261,11 +265,13 @@ impl Validator<'_> {
                 "no pool is defined; add a [[pools]] table with a name, a balancer and backends",
             );
         }
+        let caches = self.caches(&raw.caches);
+        let cache_names: HashSet<String> = caches.iter().map(|c| c.name.clone()).collect();
         let routes = raw
             .routes
             .iter()
             .enumerate()
-            .filter_map(|(i, r)| self.route(i, r, &names, &plugins))
+            .filter_map(|(i, r)| self.route(i, r, &names, &cache_names, &plugins))
             .collect::<Vec<_>>();
         if raw.routes.is_empty() && raw.pools.len() > 1 {
             self.invalid_at(0..0, "routes", format!("{} pools but no [[routes]]; add routes that say which requests go to which pool", raw.pools.len()));
@@ -279,6 +285,7 @@ impl Validator<'_> {
             dns,
             pools,
             routes,
+            caches,
             warnings: std::mem::take(&mut self.warnings),
         }
     }

@@ -28,6 +28,8 @@ pub(super) struct RawConfig {
     pub pools: Vec<Spanned<RawPool>>,
     #[serde(default)]
     pub routes: Vec<Spanned<RawRoute>>,
+    #[serde(default)]
+    pub caches: Vec<Spanned<RawCache>>,
 }
 
 #[derive(Deserialize)]
@@ -181,6 +183,31 @@ pub(super) struct RawRoute {
     pub allow: Option<TextList>,
     pub deny: Option<TextList>,
     pub rate_limit: Option<Spanned<RawRateLimit>>,
+    pub cache: Option<Spanned<RawRouteCache>>,
+}
+
+/// `[[caches]]`: a response store routes can use.
+#[derive(Deserialize)]
+pub(super) struct RawCache {
+    pub name: Option<Text>,
+    pub memory: Option<Text>,
+    pub max_object: Option<Text>,
+    pub path: Option<Text>,
+    pub disk: Option<Text>,
+    pub default_ttl: Option<Text>,
+    pub lock_timeout: Option<Text>,
+    pub x_cache_header: Option<Spanned<bool>>,
+}
+
+/// A route's `cache = { use = "pages", … }`.
+#[derive(Deserialize)]
+pub(super) struct RawRouteCache {
+    #[serde(rename = "use")]
+    pub cache: Option<Text>,
+    pub key: Option<TextList>,
+    pub stale_while_revalidate: Option<Text>,
+    pub stale_if_error: Option<Text>,
+    pub store_set_cookie: Option<Spanned<bool>>,
 }
 
 #[derive(Deserialize)]
@@ -210,6 +237,8 @@ pub(super) fn keys_of(parent: &str) -> Option<&'static [&'static str]> {
         "pools.outlier_detection" => field_names::<RawOutlier>(),
         "routes" => field_names::<RawRoute>(),
         "routes.rate_limit" => field_names::<RawRateLimit>(),
+        "routes.cache" => field_names::<RawRouteCache>(),
+        "caches" => field_names::<RawCache>(),
         _ => return None,
     })
 }

@@ -14,6 +14,7 @@ impl Validator<'_> {
         i: usize,
         raw: &Spanned<RawRoute>,
         pools: &HashSet<String>,
+        caches: &HashSet<String>,
         plugins: &PluginSettings,
     ) -> Option<RouteConfig> {
         let table = format!("routes[{i}]");
@@ -61,6 +62,11 @@ impl Validator<'_> {
             .rate_limit
             .as_ref()
             .and_then(|r| self.rate_limit(r, &format!("{table}.rate_limit")));
+        let cache = raw.cache.as_ref().and_then(|c| {
+            let cache = self.route_cache(c, &format!("{table}.cache"), caches);
+            ok &= cache.is_some();
+            cache
+        });
         Some(RouteConfig {
             host,
             path_prefix,
@@ -69,6 +75,7 @@ impl Validator<'_> {
             allow,
             deny,
             rate_limit,
+            cache,
         })
         .filter(|_| ok)
     }

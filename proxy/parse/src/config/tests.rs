@@ -81,6 +81,12 @@ fn outcome(file: &Path, text: &str) -> String {
                         r.allow, r.deny, r.rate_limit
                     ));
                 }
+                if let Some(cache) = &r.cache {
+                    out.push_str(&format!("  cache {cache:?}\n"));
+                }
+            }
+            for cache in &c.caches {
+                out.push_str(&format!("cache {cache:?}\n"));
             }
             out
         }

@@ -1,0 +1,298 @@
+//! One stored response, how old and how stale it is, and its form on disk.
+
+use bytes::Bytes;
+use http::HeaderMap;
+use serde::{Deserialize, Serialize};
+use std::time::{Duration, SystemTime};
+
+use super::policy::Storable;
+
+/// Headers a cache never stores or replays: hop-by-hop (RFC 9110 §7.6.1), the length
+/// (set from the stored body) and `Age` (computed on every hit).
+const NOT_STORED: [&str; 10] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "content-length",
+    "age",
+    "x-cache",
+];
+
+/// A stored response.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    /// The key without its variant, as `ctl cache` shows and `ctl purge` takes.
+    pub primary: String,
+    /// The values of the `Vary` request headers this variant was stored for.
+    pub variant: String,
+    pub status: u16,
+    /// End-to-end headers, names lowercase.
+    pub headers: Vec<(String, Bytes)>,
+    pub body: Bytes,
+    /// When it was received (or last revalidated).
+    pub stored: SystemTime,
+    pub policy: Storable,
+}
+
+impl Entry {
+    /// A response as received, to store: `strip_cookies` drops `Set-Cookie`.
+    pub fn new(
+        primary: String,
+        variant: String,
+        status: u16,
+        headers: &HeaderMap,
+        body: Bytes,
+        policy: Storable,
+        strip_cookies: bool,
+    ) -> Self {
+        Entry {
+            primary,
+            variant,
+            status,
+            headers: end_to_end(headers, strip_cookies),
+            body,
+            stored: SystemTime::now(),
+            policy,
+        }
+    }
+
+    /// The key of this variant.
+    pub fn key(&self) -> String {
+        variant_key(&self.primary, &self.variant)
+    }
+
+    /// Its age now.
+    pub fn age(&self, now: SystemTime) -> Duration {
+        self.policy.initial_age + now.duration_since(self.stored).unwrap_or_default()
+    }
+
+    /// How long it has been stale, or `None` while it is fresh.
+    pub fn staleness(&self, now: SystemTime) -> Option<Duration> {
+        let age = self.age(now);
+        (age >= self.policy.fresh_for).then(|| age - self.policy.fresh_for)
+    }
+
+    /// A header's value.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .and_then(|(_, v)| std::str::from_utf8(v).ok())
+    }
+
+    /// Bytes it holds in memory, counted against the cache's bound: body, headers,
+    /// keys, and the bookkeeping around them.
+    pub fn weight(&self) -> u64 {
+        let headers: usize = self
+            .headers
+            .iter()
+            .map(|(n, v)| n.len() + v.len() + 48)
+            .sum();
+        (self.body.len() + headers + 2 * (self.primary.len() + self.variant.len()) + 256) as u64
+    }
+
+    /// This entry revalidated by a `304` carrying `headers`: they replace the stored
+    /// ones of the same name (RFC 9111 §4.3.4), and freshness starts again.
+    pub fn refreshed(&self, headers: &HeaderMap, policy: Storable) -> Entry {
+        let mut merged: Vec<(String, Bytes)> = self
+            .headers
+            .iter()
+            .filter(|(n, _)| !headers.contains_key(n.as_str()))
+            .cloned()
+            .collect();
+        merged.extend(end_to_end(headers, true));
+        Entry {
+            primary: self.primary.clone(),
+            variant: self.variant.clone(),
+            status: self.status,
+            headers: merged,
+            body: self.body.clone(),
+            stored: SystemTime::now(),
+            policy,
+        }
+    }
+
+    /// The file form: a line of JSON metadata, the header block, the body.
+    pub fn encode(&self) -> Vec<u8> {
+        let meta = DiskMeta {
+            primary: self.primary.clone(),
+            variant: self.variant.clone(),
+            status: self.status,
+            stored_ms: self
+                .stored
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+            initial_age_s: self.policy.initial_age.as_secs(),
+            fresh_ms: self.policy.fresh_for.as_millis() as u64,
+            stale_allowed: self.policy.stale_allowed,
+            swr_s: self.policy.stale_while_revalidate.as_secs(),
+            sie_s: self.policy.stale_if_error.as_secs(),
+            vary: self.policy.vary.clone(),
+            headers: self
+                .headers
+                .iter()
+                .map(|(n, v)| (n.clone(), v.len()))
+                .collect(),
+        };
+        let mut out = serde_json::to_vec(&meta).unwrap_or_default();
+        out.push(b'\n');
+        for (_, value) in &self.headers {
+            out.extend_from_slice(value);
+        }
+        out.extend_from_slice(&self.body);
+        out
+    }
+
+    /// An entry read back from its file form.
+    pub fn decode(bytes: Bytes) -> Option<Entry> {
+        let line_end = bytes.iter().position(|b| *b == b'\n')?;
+        let meta: DiskMeta = serde_json::from_slice(&bytes[..line_end]).ok()?;
+        let mut at = line_end + 1;
+        let mut headers = Vec::with_capacity(meta.headers.len());
+        for (name, len) in meta.headers {
+            let value = bytes.get(at..at.checked_add(len)?)?;
+            headers.push((name, bytes.slice_ref(value)));
+            at += len;
+        }
+        Some(Entry {
+            primary: meta.primary,
+            variant: meta.variant,
+            status: meta.status,
+            headers,
+            body: bytes.slice(at..),
+            stored: SystemTime::UNIX_EPOCH + Duration::from_millis(meta.stored_ms),
+            policy: Storable {
+                fresh_for: Duration::from_millis(meta.fresh_ms),
+                initial_age: Duration::from_secs(meta.initial_age_s),
+                stale_allowed: meta.stale_allowed,
+                stale_while_revalidate: Duration::from_secs(meta.swr_s),
+                stale_if_error: Duration::from_secs(meta.sie_s),
+                vary: meta.vary,
+            },
+        })
+    }
+}
+
+/// From the first line of a file: the entry's primary key, variant and `Vary` names,
+/// enough to index it without reading the body.
+pub fn index_line(line: &[u8]) -> Option<(String, String, Vec<String>)> {
+    let meta: DiskMeta = serde_json::from_slice(line).ok()?;
+    Some((meta.primary, meta.variant, meta.vary))
+}
+
+/// What a file says about its entry before the header values and body.
+#[derive(Serialize, Deserialize)]
+struct DiskMeta {
+    primary: String,
+    variant: String,
+    status: u16,
+    stored_ms: u64,
+    initial_age_s: u64,
+    fresh_ms: u64,
+    stale_allowed: bool,
+    swr_s: u64,
+    sie_s: u64,
+    vary: Vec<String>,
+    headers: Vec<(String, usize)>,
+}
+
+/// The key of one variant of `primary`.
+pub fn variant_key(primary: &str, variant: &str) -> String {
+    if variant.is_empty() {
+        primary.to_owned()
+    } else {
+        format!("{primary}\u{0}{variant}")
+    }
+}
+
+/// The variant a request selects: the values of the `vary` headers it sent.
+pub fn variant_of(vary: &[String], request: &HeaderMap) -> String {
+    let mut out = String::new();
+    for name in vary {
+        out.push_str(name);
+        out.push('=');
+        let values: Vec<&str> = request
+            .get_all(name.as_str())
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        // Whitespace differences do not make another variant (RFC 9111 §4.1).
+        out.push_str(&values.join(",").split_whitespace().collect::<String>());
+        out.push(';');
+    }
+    out
+}
+
+fn end_to_end(headers: &HeaderMap, strip_cookies: bool) -> Vec<(String, Bytes)> {
+    let named_in_connection: Vec<String> = headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|n| n.trim().to_ascii_lowercase())
+        .collect();
+    headers
+        .iter()
+        .filter(|(name, _)| {
+            let name = name.as_str();
+            let hop_by_hop =
+                NOT_STORED.contains(&name) || named_in_connection.iter().any(|n| n == name);
+            let dropped_cookie = strip_cookies && name == "set-cookie";
+            !(hop_by_hop || dropped_cookie)
+        })
+        .map(|(name, value)| {
+            (
+                name.as_str().to_owned(),
+                Bytes::copy_from_slice(value.as_bytes()),
+            )
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_entry_survives_its_file_form() {
+        let mut headers = HeaderMap::new();
+        headers.insert("content-type", "text/html".parse().unwrap());
+        headers.insert("etag", "\"v1\"".parse().unwrap());
+        headers.insert("connection", "x-hop".parse().unwrap());
+        headers.insert("x-hop", "1".parse().unwrap());
+        headers.insert("set-cookie", "a=b".parse().unwrap());
+        let policy = Storable {
+            fresh_for: Duration::from_secs(60),
+            initial_age: Duration::from_secs(3),
+            stale_allowed: true,
+            stale_while_revalidate: Duration::ZERO,
+            stale_if_error: Duration::from_secs(9),
+            vary: vec!["accept-encoding".into()],
+        };
+        let entry = Entry::new(
+            "h/p".into(),
+            "accept-encoding=gzip;".into(),
+            200,
+            &headers,
+            Bytes::from_static(b"<p>hi</p>"),
+            policy,
+            true,
+        );
+        let names: Vec<&str> = entry.headers.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            names,
+            ["content-type", "etag"],
+            "hop-by-hop and cookies are not stored"
+        );
+        let back = Entry::decode(Bytes::from(entry.encode())).unwrap();
+        assert_eq!(back.body, entry.body);
+        assert_eq!(back.headers, entry.headers);
+        assert_eq!(back.policy, entry.policy);
+        assert_eq!(back.key(), "h/p\u{0}accept-encoding=gzip;");
+        assert!(Entry::decode(Bytes::from_static(b"{\"bad\n")).is_none());
+    }
+}
