@@ -172,6 +172,7 @@ impl Origin {
                     format!("page {p}").into(),
                 )
             }
+            "/inv-post" => (303, "location: /inv-target\r\n".into(), Vec::new()),
             "/cookie" => (
                 200,
                 format!("{fresh}set-cookie: session=1\r\n"),
@@ -555,4 +556,41 @@ async fn a_websocket_upgrade_passes_through_a_cached_route() {
         assert_eq!(echo, b"ping over the upgrade");
     }
     assert_eq!(origin.seen("/ws"), 2);
+}
+
+/// `POST path` with an empty body on a fresh connection: the status.
+async fn post(addr: SocketAddr, path: &str) -> u16 {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let req = format!(
+        "POST {path} HTTP/1.1\r\nhost: localhost\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).await.unwrap();
+    statuses(&raw)[0]
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_successful_post_drops_the_stored_copies_of_its_url_and_location() {
+    let origin = Origin::start().await;
+    let proxy = Proxy::start(&config(&origin, ""), &[]);
+    for page in ["/inv", "/inv-target"] {
+        assert_eq!(x_cache(&get(proxy.addr, page).await), "MISS");
+        assert_eq!(x_cache(&get(proxy.addr, page).await), "HIT");
+    }
+    assert_eq!(post(proxy.addr, "/inv").await, 200);
+    assert_eq!(
+        x_cache(&get(proxy.addr, "/inv").await),
+        "MISS",
+        "the POST's own URL"
+    );
+    assert_eq!(x_cache(&get(proxy.addr, "/inv-target").await), "HIT");
+    assert_eq!(post(proxy.addr, "/inv-post").await, 303);
+    assert_eq!(
+        x_cache(&get(proxy.addr, "/inv-target").await),
+        "MISS",
+        "the Location's URL"
+    );
+    assert_eq!(x_cache(&get(proxy.addr, "/inv").await), "HIT");
+    assert_eq!((origin.seen("/inv"), origin.seen("/inv-target")), (3, 2));
 }

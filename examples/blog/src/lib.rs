@@ -10,6 +10,9 @@
 //! POST /articles/ID/comments     {"text":"…"} → 201
 //! ```
 //!
+//! and the same blog as a website ([`pages`]): `/` lists the articles, `/a/ID` shows
+//! one with its comments, and forms post both.
+//!
 //! Every response names the instance that served it in `x-instance`. While the database
 //! file is missing every answer is 503; once `blog restore` puts a file back, instances
 //! reopen it. `blog backup` copies the database online ([`backup`]).
@@ -27,6 +30,9 @@ use tokio::net::{TcpListener, TcpStream};
 const MAX_BODY: usize = 64 << 10;
 
 pub mod backup;
+pub mod pages;
+
+use pages::Page;
 
 /// One instance: its name and its connection to the shared database.
 #[derive(Debug)]
@@ -140,17 +146,25 @@ async fn connection(blog: &Blog, mut stream: TcpStream) -> std::io::Result<()> {
         let Some(request) = read_request(&mut stream, &mut buf).await? else {
             return Ok(());
         };
-        let (status, body) = handle(blog, &request);
+        let reply = handle(blog, &request);
+        let (status, body) = (reply.status, reply.body);
         let reason = match status {
             200 => "OK",
             201 => "Created",
+            303 => "See Other",
             400 => "Bad Request",
             404 => "Not Found",
             503 => "Service Unavailable",
             _ => "Error",
         };
+        let extra: String = reply
+            .headers
+            .iter()
+            .map(|(name, value)| format!("{name}: {value}\r\n"))
+            .collect();
         let head = format!(
-            "HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nx-instance: {}\r\n{}\r\n",
+            "HTTP/1.1 {status} {reason}\r\ncontent-type: {}\r\ncontent-length: {}\r\nx-instance: {}\r\n{extra}{}\r\n",
+            reply.content_type,
             body.len(),
             blog.name,
             if request.close {
@@ -234,14 +248,66 @@ struct NewComment {
     text: String,
 }
 
-fn handle(blog: &Blog, request: &Request) -> (u16, String) {
+/// A response.
+struct Reply {
+    status: u16,
+    content_type: &'static str,
+    headers: Vec<(&'static str, String)>,
+    body: String,
+}
+
+impl Reply {
+    fn json(status: u16, body: String) -> Reply {
+        Reply {
+            status,
+            content_type: "application/json",
+            headers: Vec::new(),
+            body,
+        }
+    }
+}
+
+fn handle(blog: &Blog, request: &Request) -> Reply {
     let mut open = blog.db.lock().unwrap_or_else(PoisonError::into_inner);
     // Without its database an instance is not healthy either: /healthz says so too.
     let db = match blog.database(&mut open) {
         Ok(db) => db,
-        Err(why) => return (503, json!({ "error": why }).to_string()),
+        Err(why) => return Reply::json(503, json!({ "error": why }).to_string()),
     };
     let segments: Vec<&str> = request.path.trim_matches('/').split('/').collect();
+    let page = match (request.method.as_str(), segments.as_slice()) {
+        ("GET", [""]) => Some(pages::front(db)),
+        ("POST", [""]) => Some(pages::post_article(db, &request.body)),
+        ("GET", ["a", id]) => Some(
+            id.parse()
+                .map_or(Ok(pages::not_found()), |id| pages::article(db, id)),
+        ),
+        ("POST", ["a", id]) => Some(id.parse().map_or(Ok(pages::not_found()), |id| {
+            pages::post_comment(db, id, &request.body)
+        })),
+        _ => None,
+    };
+    if let Some(page) = page {
+        return match page {
+            Ok(Page::Html(status, body)) => Reply {
+                status,
+                content_type: "text/html; charset=utf-8",
+                headers: if status == 200 {
+                    vec![("cache-control", pages::PAGE_CACHE_CONTROL.to_owned())]
+                } else {
+                    Vec::new()
+                },
+                body,
+            },
+            Ok(Page::SeeOther(location)) => Reply {
+                status: 303,
+                content_type: "text/plain; charset=utf-8",
+                headers: vec![("location", location.clone())],
+                body: format!("see {location}\n"),
+            },
+            Err(e) => Reply::json(500, json!({"error": e.to_string()}).to_string()),
+        };
+    }
     let outcome = match (request.method.as_str(), segments.as_slice()) {
         ("GET", ["healthz"]) => Ok((200, json!("ok"))),
         ("GET", ["articles"]) => list(db),
@@ -285,8 +351,8 @@ fn handle(blog: &Blog, request: &Request) -> (u16, String) {
         _ => Ok((404, json!({"error": "no such page"}))),
     };
     match outcome {
-        Ok((status, value)) => (status, value.to_string()),
-        Err(e) => (500, json!({"error": e.to_string()}).to_string()),
+        Ok((status, value)) => Reply::json(status, value.to_string()),
+        Err(e) => Reply::json(500, json!({"error": e.to_string()}).to_string()),
     }
 }
 
@@ -349,6 +415,18 @@ connect_timeout = "500ms"
 retries = 3
 retry_on = [502, 503]
 health_check = {{ kind = "http", path = "/healthz", interval = "200ms", timeout = "150ms", rise = 2, fall = 2 }}
+
+# The website's pages (`cache-control: max-age=2`) are served from here, and while
+# every instance is down, served stale for up to 10 minutes. The JSON API sends no
+# freshness, so it is never stored.
+[[caches]]
+name = "pages"
+memory = "64MiB"
+
+[[routes]]
+path_prefix = "/"
+pool = "blog"
+cache = {{ use = "pages", stale_if_error = "10m" }}
 "#,
         socket = socket.display(),
         a = addrs[0],

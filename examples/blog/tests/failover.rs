@@ -5,135 +5,20 @@
 //! 2. One primary is killed: no GET fails, and the health check marks it down.
 //! 3. It restarts on the same port and the health check returns it to service.
 //! 4. All primaries are killed: the backup serves. One primary returns: it serves again.
+//! 5. Every instance is killed: article pages are served from Switchyard's cache.
 //!
 //! And the database: articles and comments are written, `blog backup` copies the file
 //! online, the file is destroyed under load (every instance answers 503, none
 //! crashes), `blog restore` puts the copy back, and everything written reads back.
 
+mod support;
+
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Command;
 use std::time::{Duration, Instant};
-
-struct Instance {
-    name: &'static str,
-    addr: SocketAddr,
-    child: Option<Child>,
-}
-
-impl Instance {
-    fn start(name: &'static str, addr: &str, db: &Path) -> Instance {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_blog"))
-            .args(["serve", name, addr])
-            .arg(db)
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let addr = line
-            .trim()
-            .strip_prefix("listening ")
-            .unwrap()
-            .parse()
-            .unwrap();
-        Instance {
-            name,
-            addr,
-            child: Some(child),
-        }
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            c.kill().unwrap();
-            c.wait().unwrap();
-        }
-    }
-
-    fn restart(&mut self, db: &Path) {
-        self.kill();
-        // The port was just released; another process could take it, so retry briefly.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            let addr = self.addr.to_string();
-            let started = std::panic::catch_unwind(|| Instance::start(self.name, &addr, db));
-            match started {
-                Ok(mut i) => {
-                    self.child = i.child.take();
-                    return;
-                }
-                Err(_) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(100))
-                }
-                Err(e) => std::panic::resume_unwind(e),
-            }
-        }
-    }
-}
-
-impl Drop for Instance {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-/// The `switchyard` binary: `$SWITCHYARD`, else this workspace's, which `cargo test
-/// --workspace` has just built (alone, `cargo test -p switchyard-example-blog` uses
-/// whatever `cargo build -p switchyard` last built, and builds it if there is none).
-fn switchyard_binary() -> PathBuf {
-    if let Some(path) = std::env::var_os("SWITCHYARD") {
-        return PathBuf::from(path);
-    }
-    let exe = PathBuf::from(env!("CARGO_BIN_EXE_blog"));
-    let beside = exe.with_file_name("switchyard");
-    if !beside.is_file() {
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "-p", "switchyard", "--bin", "switchyard"])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-    beside
-}
-
-struct Answer {
-    status: u16,
-    instance: String,
-    body: String,
-}
-
-fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> std::io::Result<Answer> {
-    let mut s = TcpStream::connect(addr)?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nhost: blog\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-        body.len()
-    )?;
-    let mut raw = String::new();
-    s.read_to_string(&mut raw)?;
-    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let instance = head
-        .lines()
-        .find_map(|l| l.strip_prefix("x-instance: "))
-        .unwrap_or("")
-        .to_owned();
-    Ok(Answer {
-        status,
-        instance,
-        body: body.to_owned(),
-    })
-}
+use support::*;
 
 /// GETs `/articles` from 4 threads for `time`: (answers by instance, failures).
 fn load(proxy: SocketAddr, time: Duration) -> (HashMap<String, usize>, Vec<String>) {
@@ -183,46 +68,6 @@ fn load_until(
         last = by;
     }
     panic!("{what}: not within 5 s; last answers by instance: {last:?}");
-}
-
-/// Instances a, b, c (primaries) and d (backup) on `db`, and Switchyard in front.
-fn blog_behind_switchyard(dir: &Path, db: &Path) -> (Vec<Instance>, KillOnDrop, SocketAddr) {
-    let instances: Vec<Instance> = ["a", "b", "c", "d"]
-        .into_iter()
-        .map(|n| Instance::start(n, "127.0.0.1:0", db))
-        .collect();
-    let addrs: Vec<SocketAddr> = instances.iter().map(|i| i.addr).collect();
-    let listen = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    let config = dir.join("switchyard.toml");
-    std::fs::write(
-        &config,
-        switchyard_example_blog::config_text(&listen.to_string(), &addrs, &dir.join("admin.sock")),
-    )
-    .unwrap();
-    let log = std::fs::File::create(dir.join("switchyard.log")).unwrap();
-    let proxy = KillOnDrop(
-        Command::new(switchyard_binary())
-            .args(["run", "--config"])
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap(),
-        dir.join("switchyard.log"),
-    );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while TcpStream::connect(listen).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "switchyard did not start: {}",
-            std::fs::read_to_string(dir.join("switchyard.log")).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    (instances, proxy, listen)
 }
 
 #[test]
@@ -289,28 +134,40 @@ fn failover_script() {
         by.keys().all(|k| k == "b") && !by.is_empty()
     });
 
-    drop(proxy);
-}
-
-/// The proxy process, ended however the test ends; its log is shown if the test fails.
-struct KillOnDrop(Child, PathBuf);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-        if std::thread::panicking() {
-            let log = std::fs::read_to_string(&self.1).unwrap_or_default();
-            let lines: Vec<&str> = log
-                .lines()
-                .filter(|l| !l.contains("switchyard::access"))
-                .collect();
-            eprintln!(
-                "switchyard log (without access lines), last 40:\n{}",
-                lines[lines.len().saturating_sub(40)..].join("\n")
-            );
-        }
+    // 5. The website's pages are cached: with every instance down, the backup too, an
+    //    article page is still served, stale, within the route's stale_if_error. The
+    //    JSON API, which says nothing about freshness, is never stored: it fails.
+    let page = http(listen, "GET", "/a/1", "").unwrap();
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(page.body.contains("Nice"), "{}", page.body);
+    for i in &mut instances {
+        i.kill();
     }
+    // The page's max-age=2 runs out: what is served now is stale.
+    std::thread::sleep(Duration::from_millis(2500));
+    for _ in 0..20 {
+        let page = http(listen, "GET", "/a/1", "").unwrap();
+        assert_eq!(
+            (page.status, page.x_cache.as_str()),
+            (200, "STALE"),
+            "{}",
+            page.body
+        );
+        assert!(
+            page.body.contains("<h1 id=\"title\">Hello</h1>"),
+            "{}",
+            page.body
+        );
+        assert!(page.body.contains("<li>Nice</li>"), "{}", page.body);
+    }
+    let api = http(listen, "GET", "/articles/1", "").unwrap();
+    assert!(api.status >= 500, "{} {}", api.status, api.body);
+    eprintln!(
+        "every instance down: 20 article pages served STALE; the API answered {}",
+        api.status
+    );
+
+    drop(proxy);
 }
 
 /// Runs the `blog` binary with `args` to its end: its stdout, or why it failed.

@@ -150,6 +150,16 @@ impl Disk {
         removed.len()
     }
 
+    /// Removes every variant of `primary`.
+    pub fn remove_primary(&self, primary: &str) -> usize {
+        let removed = self.index.lock().remove_primary(primary);
+        let jobs = self.jobs.lock();
+        for path in &removed {
+            let _ = jobs.send(Job::Delete(path.clone()));
+        }
+        removed.len()
+    }
+
     /// Entries and bytes held.
     pub fn usage(&self) -> (usize, u64) {
         let index = self.index.lock();

@@ -140,6 +140,14 @@ impl<V: Clone> Lru<V> {
         keys.iter().filter_map(|k| self.remove(k)).collect()
     }
 
+    /// Removes every variant of `primary` (at once when none is held).
+    pub fn remove_primary(&mut self, primary: &str) -> Vec<V> {
+        if !self.variants.contains_key(primary) {
+            return Vec::new();
+        }
+        self.remove_where(|p| p == primary)
+    }
+
     /// Changes the bound; gives back what no longer fits.
     pub fn set_limit(&mut self, limit: u64) -> Vec<V> {
         self.limit = limit;

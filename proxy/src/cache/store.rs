@@ -208,10 +208,23 @@ impl Cache {
     /// what comes before a final `*`. Gives how many entries went, from memory and
     /// from disk.
     pub fn purge(&self, pattern: &str) -> (usize, usize) {
-        let matches = |primary: &str| match pattern.strip_suffix('*') {
-            Some(prefix) => primary.starts_with(prefix),
-            None => primary == pattern,
-        };
+        match pattern.strip_suffix('*') {
+            Some(prefix) => self.remove_where(|primary| primary.starts_with(prefix)),
+            None => self.purge_key(pattern),
+        }
+    }
+
+    /// Removes every variant of the primary key `key`.
+    pub fn purge_key(&self, key: &str) -> (usize, usize) {
+        let memory = self.memory.lock().remove_primary(key).len();
+        let disk = self.disk.as_ref().map_or(0, |d| d.remove_primary(key));
+        if memory + disk > 0 {
+            self.update_gauges();
+        }
+        (memory, disk)
+    }
+
+    fn remove_where(&self, matches: impl Fn(&str) -> bool + Copy) -> (usize, usize) {
         let memory = self.memory.lock().remove_where(matches).len();
         let disk = self.disk.as_ref().map_or(0, |d| d.remove_where(matches));
         self.update_gauges();

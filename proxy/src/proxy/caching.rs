@@ -124,11 +124,11 @@ pub(super) async fn lookup(
     pool: &Arc<Pool>,
 ) -> Result<bool> {
     let req = session.req_header();
+    let primary = cache.primary_key(ctx.tls, &ctx.view.host, &ctx.view.path, req.uri.query());
     if policy::request_bypass(&req.method, &req.headers).is_some() {
-        ctx.cache = Some(CacheState::new(cache, String::new(), CacheResult::Bypass));
+        ctx.cache = Some(CacheState::new(cache, primary, CacheResult::Bypass));
         return Ok(false);
     }
-    let primary = cache.primary_key(ctx.tls, &ctx.view.host, &ctx.view.path, req.uri.query());
     let head = req.method == Method::HEAD;
     let mut state = CacheState::new(cache, primary, CacheResult::Miss);
     let mut waited = false;
@@ -260,7 +260,7 @@ pub(super) fn on_response(
                 .store(stale.refreshed(&response.headers, policy)),
             // Now marked no-store or private: this answer only, and gone from the cache.
             Err(_) => {
-                state.cache.cache.purge(&state.primary);
+                state.cache.cache.purge_key(&state.primary);
                 stale
             }
         };
@@ -381,6 +381,42 @@ pub(super) fn mark_response(ctx: &RequestCtx, response: &mut ResponseHeader) {
         && state.cache.cache.config().x_cache_header
     {
         let _ = response.insert_header("x-cache", state.result.header());
+    }
+}
+
+/// Stage `logging`, first: a request that may have changed its target (a POST, PUT,
+/// DELETE… answered 2xx or 3xx) drops the stored copies of that URL and of the ones
+/// its `Location` and `Content-Location` name on the same host (RFC 9111 §4.4).
+pub(super) fn invalidate_after_write(session: &Session, ctx: &RequestCtx) {
+    let Some(state) = &ctx.cache else { return };
+    if session.req_header().method.is_safe() {
+        return;
+    }
+    let Some(response) = session.response_written() else {
+        return;
+    };
+    if !(200..400).contains(&response.status.as_u16()) {
+        return;
+    }
+    let cache = &state.cache;
+    cache.cache.purge_key(&state.primary);
+    for name in ["location", "content-location"] {
+        let Some(uri) = response
+            .headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<http::Uri>().ok())
+        else {
+            continue;
+        };
+        if uri
+            .host()
+            .is_some_and(|h| !h.eq_ignore_ascii_case(&ctx.view.host))
+        {
+            continue;
+        }
+        let key = cache.primary_key(ctx.tls, &ctx.view.host, uri.path(), uri.query());
+        cache.cache.purge_key(&key);
     }
 }
 

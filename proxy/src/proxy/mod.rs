@@ -411,6 +411,7 @@ impl ProxyHttp for Switchyard {
         let tried = ctx.attempt.as_ref().map(|a| a.backend);
         let backend = tried.and_then(|i| ctx.pool().map(|p| p.backends[i].addr));
         ctx.release(failed);
+        caching::invalidate_after_write(session, ctx);
         caching::on_end(ctx, e.is_some());
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let took = ctx.arrived.map_or(Duration::ZERO, |t| t.elapsed());
