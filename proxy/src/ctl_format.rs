@@ -4,11 +4,6 @@
 use serde_json::Value;
 use std::fmt::Write;
 
-/// A JSON value as a table cell: strings without quotes.
-pub fn text(v: &Value) -> String {
-    s(v)
-}
-
 fn s(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
@@ -214,7 +209,7 @@ pub fn human(request: &Value, reply: &Value) -> String {
                 );
             }
         }
-        "cache" => crate::control::cache::format(reply, &mut out),
+        "cache" => cache_table(reply, &mut out),
         "purge" => {
             let _ = writeln!(
                 out,
@@ -252,4 +247,62 @@ pub fn human(request: &Value, reply: &Value) -> String {
         }
     }
     out
+}
+
+/// `ctl cache`'s table.
+fn cache_table(reply: &Value, out: &mut String) {
+    let _ = writeln!(
+        out,
+        "{:<12} {:>8} {:>12} {:>12} {:>9} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8}",
+        "CACHE",
+        "ENTRIES",
+        "BYTES",
+        "LIMIT",
+        "HIT-RATIO",
+        "EVICTIONS",
+        "HIT",
+        "MISS",
+        "STALE",
+        "REVALID",
+        "BYPASS"
+    );
+    for c in reply["caches"].as_array().into_iter().flatten() {
+        let r = &c["results"];
+        let _ = writeln!(
+            out,
+            "{:<12} {:>8} {:>12} {:>12} {:>8.1}% {:>10} {:>8} {:>8} {:>8} {:>8} {:>8}",
+            s(&c["name"]),
+            s(&c["entries"]),
+            s(&c["bytes"]),
+            s(&c["memory_limit"]),
+            c["hit_ratio"].as_f64().unwrap_or(0.0) * 100.0,
+            s(&c["evictions"]),
+            s(&r["hit"]),
+            s(&r["miss"]),
+            s(&r["stale"]),
+            s(&r["revalidated"]),
+            s(&r["bypass"]),
+        );
+        if c["disk"].is_object() {
+            let d = &c["disk"];
+            let _ = writeln!(
+                out,
+                "{:<12} {:>8} {:>12} {:>12}            {:>10}  (disk)",
+                "",
+                s(&d["entries"]),
+                s(&d["bytes"]),
+                s(&d["limit"]),
+                s(&d["evictions"])
+            );
+        }
+        for k in c["keys"].as_array().into_iter().flatten() {
+            let _ = writeln!(
+                out,
+                "  {}  ({} variant(s), {} bytes)",
+                s(&k["key"]),
+                s(&k["variants"]),
+                s(&k["bytes"])
+            );
+        }
+    }
 }

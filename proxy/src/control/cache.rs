@@ -1,7 +1,7 @@
 //! `ctl cache [NAME]` and `ctl purge NAME KEY|PREFIX*`: what the response caches hold,
 //! and removing entries.
 
-use serde_json::{Value, json};
+use serde_json::json;
 use std::sync::Arc;
 
 use super::{Control, OpResult};
@@ -49,65 +49,5 @@ impl Control {
         Ok(
             json!({ "cache": name, "key": key, "purged": memory.max(disk), "memory": memory, "disk": disk }),
         )
-    }
-}
-
-/// `ctl cache`'s table.
-pub fn format(reply: &Value, out: &mut String) {
-    use std::fmt::Write;
-    let s = crate::ctl_format::text;
-    let _ = writeln!(
-        out,
-        "{:<12} {:>8} {:>12} {:>12} {:>9} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8}",
-        "CACHE",
-        "ENTRIES",
-        "BYTES",
-        "LIMIT",
-        "HIT-RATIO",
-        "EVICTIONS",
-        "HIT",
-        "MISS",
-        "STALE",
-        "REVALID",
-        "BYPASS"
-    );
-    for c in reply["caches"].as_array().into_iter().flatten() {
-        let r = &c["results"];
-        let _ = writeln!(
-            out,
-            "{:<12} {:>8} {:>12} {:>12} {:>8.1}% {:>10} {:>8} {:>8} {:>8} {:>8} {:>8}",
-            s(&c["name"]),
-            s(&c["entries"]),
-            s(&c["bytes"]),
-            s(&c["memory_limit"]),
-            c["hit_ratio"].as_f64().unwrap_or(0.0) * 100.0,
-            s(&c["evictions"]),
-            s(&r["hit"]),
-            s(&r["miss"]),
-            s(&r["stale"]),
-            s(&r["revalidated"]),
-            s(&r["bypass"]),
-        );
-        if c["disk"].is_object() {
-            let d = &c["disk"];
-            let _ = writeln!(
-                out,
-                "{:<12} {:>8} {:>12} {:>12}            {:>10}  (disk)",
-                "",
-                s(&d["entries"]),
-                s(&d["bytes"]),
-                s(&d["limit"]),
-                s(&d["evictions"])
-            );
-        }
-        for k in c["keys"].as_array().into_iter().flatten() {
-            let _ = writeln!(
-                out,
-                "  {}  ({} variant(s), {} bytes)",
-                s(&k["key"]),
-                s(&k["variants"]),
-                s(&k["bytes"])
-            );
-        }
     }
 }

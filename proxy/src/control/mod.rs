@@ -21,7 +21,7 @@ use crate::runtime::Runtime;
 use crate::telemetry::Telemetry;
 use crate::tls::ListenerCertificates;
 
-pub mod cache;
+mod cache;
 mod discovery;
 mod reload;
 mod shadow;

@@ -26,94 +26,16 @@ use pingora::{Error, ErrorType, Result};
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use super::cache_state::{CacheState, Fill};
 use super::context::RequestCtx;
-use crate::cache::entry::{Entry, variant_of};
-use crate::cache::policy::{self, Storable, StoreRules};
-use crate::cache::{CacheResult, CacheUse, Claim, FillGuard, refresh};
+use super::from_cache::serve;
+use crate::cache::entry::variant_of;
+use crate::cache::policy::{self, StoreRules};
+use crate::cache::{CacheResult, CacheUse, Claim, refresh};
 use crate::pool::Pool;
 
 /// The error that carries an answer from the cache to `fail_to_proxy`.
 const FROM_CACHE: ErrorType = ErrorType::Custom("answered from the cache");
-
-/// What a request of a cached route has to do with the cache.
-pub(super) struct CacheState {
-    cache: Arc<CacheUse>,
-    primary: String,
-    result: CacheResult,
-    /// The stored entry, past its freshness: sent for revalidation, served on error.
-    stale: Option<Arc<Entry>>,
-    /// The stored validators went to the backend in place of the client's.
-    revalidating: bool,
-    fill: Option<Fill>,
-    /// While held, other misses for the key wait for this request's response.
-    guard: Option<FillGuard>,
-    /// An answer from the cache decided after the backend answered.
-    answer: Option<(Arc<Entry>, CacheResult)>,
-}
-
-/// A response being collected to store.
-struct Fill {
-    status: u16,
-    headers: http::HeaderMap,
-    policy: Storable,
-    variant: String,
-    body: Vec<u8>,
-    max: u64,
-    expected: Option<u64>,
-}
-
-impl std::fmt::Debug for CacheState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CacheState")
-            .field("primary", &self.primary)
-            .field("result", &self.result)
-            .finish()
-    }
-}
-
-impl CacheState {
-    fn new(cache: &Arc<CacheUse>, primary: String, result: CacheResult) -> Self {
-        CacheState {
-            cache: Arc::clone(cache),
-            primary,
-            result,
-            stale: None,
-            revalidating: false,
-            fill: None,
-            guard: None,
-            answer: None,
-        }
-    }
-
-    /// A stale entry that may be served because the pool failed.
-    fn usable_on_error(&self, now: SystemTime) -> Option<Arc<Entry>> {
-        let entry = self.stale.as_ref()?;
-        let window = self
-            .cache
-            .rules
-            .stale_if_error
-            .max(entry.policy.stale_if_error);
-        let stale = entry.staleness(now)?;
-        (entry.policy.stale_allowed && stale <= window).then(|| Arc::clone(entry))
-    }
-
-    /// Stores the collected response and lets the waiters go.
-    fn finish_fill(&mut self) {
-        if let Some(fill) = self.fill.take() {
-            let entry = Entry::new(
-                self.primary.clone(),
-                fill.variant,
-                fill.status,
-                &fill.headers,
-                Bytes::from(fill.body),
-                fill.policy,
-                self.cache.rules.store_set_cookie,
-            );
-            self.cache.cache.store(entry);
-        }
-        self.guard = None;
-    }
-}
 
 /// Stage `request_filter`: answers from the cache (true), or leaves the request to go
 /// to `pool` with what the later stages need.
@@ -435,70 +357,4 @@ pub(super) fn on_end(ctx: &mut RequestCtx, failed: bool) {
     }
     state.finish_fill();
     state.cache.cache.count(state.result);
-}
-
-/// Writes `entry` to the client: `304` when the client's own validator matches, the
-/// body unless the request is HEAD. Gives the status sent.
-async fn serve(
-    session: &mut Session,
-    entry: &Entry,
-    result: CacheResult,
-    cache: &CacheUse,
-    now: SystemTime,
-) -> Result<u16> {
-    let req = session.req_header();
-    let head = req.method == Method::HEAD;
-    let not_modified = client_has_it(req, entry);
-    let status = if not_modified { 304 } else { entry.status };
-    let mut header = ResponseHeader::build(status, Some(entry.headers.len() + 3))?;
-    for (name, value) in &entry.headers {
-        if let Ok(value) = http::HeaderValue::from_bytes(value) {
-            header.append_header(name.clone(), value)?;
-        }
-    }
-    header.insert_header("age", entry.age(now).as_secs().to_string())?;
-    if !not_modified {
-        header.insert_header("content-length", entry.body.len().to_string())?;
-    }
-    if cache.cache.config().x_cache_header {
-        header.insert_header("x-cache", result.header())?;
-    }
-    let body_follows = !(head || not_modified || entry.body.is_empty());
-    session
-        .write_response_header(Box::new(header), !body_follows)
-        .await?;
-    if body_follows {
-        session
-            .write_response_body(Some(entry.body.clone()), true)
-            .await?;
-    }
-    Ok(status)
-}
-
-/// The client's `If-None-Match` names the entry's ETag (weak comparison), or, without
-/// one, its `If-Modified-Since` is not before the entry's `Last-Modified`.
-fn client_has_it(req: &RequestHeader, entry: &Entry) -> bool {
-    if !(200..300).contains(&entry.status) {
-        return false;
-    }
-    let weak = |t: &str| t.trim().trim_start_matches("W/").to_owned();
-    if let Some(wanted) = req
-        .headers
-        .get("if-none-match")
-        .and_then(|v| v.to_str().ok())
-    {
-        let Some(etag) = entry.header("etag") else {
-            return false;
-        };
-        return wanted.trim() == "*" || wanted.split(',').any(|t| weak(t) == weak(etag));
-    }
-    let since = req
-        .headers
-        .get("if-modified-since")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| httpdate::parse_http_date(v).ok());
-    let modified = entry
-        .header("last-modified")
-        .and_then(|v| httpdate::parse_http_date(v).ok());
-    matches!((since, modified), (Some(s), Some(m)) if m <= s)
 }

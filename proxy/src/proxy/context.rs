@@ -52,7 +52,7 @@ pub struct RequestCtx {
     /// Index of the route matched, if any.
     pub(super) route: Option<usize>,
     /// What the response cache does with this request, on a cached route.
-    pub(super) cache: Option<super::caching::CacheState>,
+    pub(super) cache: Option<super::cache_state::CacheState>,
 }
 
 /// A request counted in its pool's requests in flight (and retries, once granted one)

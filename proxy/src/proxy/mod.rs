@@ -19,8 +19,10 @@
 //! ```
 
 mod answer;
+mod cache_state;
 mod caching;
 mod context;
+mod from_cache;
 mod stages;
 mod upstream;
 

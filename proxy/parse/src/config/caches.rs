@@ -2,10 +2,10 @@
 //! which routes are served from them.
 
 use std::collections::HashSet;
+use std::path::PathBuf;
 use std::time::Duration;
 use toml::Spanned;
 
-use super::model::{CacheConfig, CacheKeyPart, DiskTier, RouteCache};
 use super::raw::{RawCache, RawRouteCache};
 use super::validate::{Bounds, Validator};
 
@@ -216,4 +216,64 @@ impl Validator<'_> {
         })
         .filter(|_| ok)
     }
+}
+
+/// `[[caches]]`: a bounded response store.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CacheConfig {
+    /// Its name, which routes' `cache.use` gives.
+    pub name: String,
+    /// Bound on the bodies, headers and keys held in memory.
+    pub memory_bytes: u64,
+    /// Larger responses pass through without being stored.
+    pub max_object_bytes: u64,
+    /// A disk tier that survives restarts.
+    pub disk: Option<DiskTier>,
+    /// Freshness of a response that gives none (no `max-age`, `s-maxage`, `Expires`).
+    pub default_ttl: Duration,
+    /// How long concurrent misses for one key wait for the first one's response before
+    /// going to the backend themselves.
+    pub lock_timeout: Duration,
+    /// Whether responses carry `x-cache: HIT | MISS | …`.
+    pub x_cache_header: bool,
+}
+
+/// A cache's disk tier.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DiskTier {
+    /// Directory of the entries (created if missing).
+    pub path: PathBuf,
+    /// Bound on the bytes of the files there.
+    pub bytes: u64,
+}
+
+/// A route's use of a cache.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RouteCache {
+    /// The `[[caches]]` name.
+    pub cache: String,
+    /// What the key is made of, in order.
+    pub key: Vec<CacheKeyPart>,
+    /// After freshness ends, how long the stale response is served while one
+    /// background request refreshes it.
+    pub stale_while_revalidate: Duration,
+    /// After freshness ends, how long the stale response is served when the pool
+    /// answers 5xx or cannot be reached.
+    pub stale_if_error: Duration,
+    /// Store responses that set cookies (without their `Set-Cookie`); by default
+    /// they are not stored.
+    pub store_set_cookie: bool,
+}
+
+/// One part of a cache key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CacheKeyPart {
+    /// `http` or `https`.
+    Scheme,
+    /// The canonical host.
+    Host,
+    /// The canonical path.
+    Path,
+    /// The query string, as sent.
+    Query,
 }

@@ -26,7 +26,8 @@ mod routes;
 mod validate;
 
 pub use caches::{
-    DEFAULT_CACHE_DISK, DEFAULT_CACHE_MEMORY, DEFAULT_KEY, DEFAULT_LOCK_TIMEOUT, DEFAULT_MAX_OBJECT,
+    CacheConfig, CacheKeyPart, DEFAULT_CACHE_DISK, DEFAULT_CACHE_MEMORY, DEFAULT_KEY,
+    DEFAULT_LOCK_TIMEOUT, DEFAULT_MAX_OBJECT, DiskTier, RouteCache,
 };
 pub use diagnostics::{ConfigError, ConfigErrors, ConfigWarning, Location};
 pub use discovery::{DEFAULT_DISCOVERY_INTERVAL, DEFAULT_DNS_TIMEOUT};
