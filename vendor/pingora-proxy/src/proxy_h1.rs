@@ -324,7 +324,14 @@ where
                 },
 
                 body = rx.recv(), if !request_done => {
+                    // The end of the upgrade request's own body is a plain `Body`; the tunnel's
+                    // bytes come as `UpgradedBody`. With a fast upstream the 101 is read before
+                    // that plain end arrives, and it must not end the tunnel (issue #946).
+                    let ends_pre_upgrade_body = upgraded && matches!(body, Some(HttpTask::Body(_, true)));
                     match send_body_to1(client_session, body).await {
+                        Ok(_) if ends_pre_upgrade_body => {
+                            request_done = false;
+                        },
                         Ok(send_done) => {
                             request_done = send_done;
                             // An upgraded request is terminated when either side is done
