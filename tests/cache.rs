@@ -449,6 +449,15 @@ async fn what_a_shared_cache_must_not_store_is_fetched_every_time() {
     for path in ["/cookie", "/private", "/auth", "/ranged"] {
         assert_eq!(origin.seen(path), 3, "{path}");
     }
+    // A stored page does not answer a request with credentials unless it says `public`.
+    assert_eq!(x_cache(&get(proxy.addr, "/shared").await), "MISS");
+    assert_eq!(x_cache(&get(proxy.addr, "/shared").await), "HIT");
+    let with_credentials = [("authorization", "Basic eDp5")];
+    let r = request(proxy.addr, "/shared", "localhost", &with_credentials)
+        .await
+        .unwrap();
+    assert_eq!(x_cache(&r), "MISS");
+    assert_eq!(origin.seen("/shared"), 2);
 }
 
 #[tokio::test(flavor = "multi_thread")]

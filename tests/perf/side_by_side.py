@@ -13,7 +13,8 @@ The headline is the proxy's CPU per request: utime + stime of its whole process 
 req/s, and as ratios to bare Pingora (`bare-pingora`: a 30-line `ProxyHttp` built from
 this workspace's lock file, so the same Pingora, tokio and OpenSSL) and to nginx.
 
-Scenarios: one worker and 16 connections with every system (the headline), then one
+Scenarios: one worker and 16 connections with every system (the headline), the response
+cache at 100 % hits against nginx's `proxy_cache` (same object, 1 worker each), then one
 worker with 256 connections and all cores with 16 connections (with --full, 256 too)
 for the core systems. Systems are interleaved within a round and the rounds repeated; a system's
 figure is its best round (highest req/s, lowest CPU/request; latencies are medians), as
@@ -54,8 +55,11 @@ end
 # The reference rows of the ratios.
 BARE = "bare-pingora"
 NGINX = "nginx-roundrobin"
+NGINX_CACHE = "nginx-proxy_cache-hit"
 # Systems of the scenarios beyond the headline.
 CORE = ["direct", BARE, "switchyard-round-robin", NGINX, "haproxy-roundrobin"]
+# The response-cache part: every request a hit, after the warm-up stored the object.
+CACHED = ["switchyard-cache-hit", NGINX_CACHE]
 
 
 def log(msg):
@@ -166,7 +170,7 @@ def peak_rss_mib(pids):
     return total / 1024
 
 
-def switchyard_system(binary, balancer, upstreams, native=False, log_file=False):
+def switchyard_system(binary, balancer, upstreams, native=False, log_file=False, cache=False):
     def start(port, work, threads):
         d = Path(tempfile.mkdtemp(dir=work))
         backends = ", ".join(f'{{ addr = "{u}" }}' for u in upstreams)
@@ -178,6 +182,11 @@ def switchyard_system(binary, balancer, upstreams, native=False, log_file=False)
             f'[proxy]\nlisten = ["127.0.0.1:{port}"]\nthreads = {threads}\n{access}\n\n'
             f'[plugins]\ncache_dir = "{work}/plugin-cache"\n\n[admin]\nsocket = "{d}/admin.sock"\n\n'
             f'[[pools]]\nname = "up"\nbalancer = "{balancer}"\nbackends = [{backends}]\n')
+        if cache:
+            # perf-upstream sends no Cache-Control: default_ttl plays nginx's proxy_cache_valid.
+            with open(d / "switchyard.toml", "a") as f:
+                f.write('\n[[caches]]\nname = "bench"\nmemory = "64MiB"\ndefault_ttl = "1h"\n\n'
+                        '[[routes]]\npath_prefix = "/"\npool = "up"\ncache = { use = "bench" }\n')
         env = {**os.environ, "RUST_LOG": "info" if log_file else "warn"}
         if native:
             env["SWITCHYARD_NATIVE_SELECTOR"] = "1"
@@ -193,11 +202,15 @@ def bare_system(binary, upstreams):
     return start
 
 
-def nginx_system(method, upstreams, log_file=False):
+def nginx_system(method, upstreams, log_file=False, cache=False):
     def start(port, work, threads):
         d = Path(tempfile.mkdtemp(dir=work))
         servers = "\n".join(f"    server {u};" for u in upstreams)
         access = f"access_log {d}/access.log combined buffer=64k;" if log_file else "access_log off;"
+        zone = (f"proxy_cache_path {d}/cache levels=1:2 keys_zone=bench:10m max_size=64m inactive=1h "
+                "use_temp_path=off;") if cache else ""
+        use = ("proxy_cache bench; proxy_cache_valid 200 1h; proxy_cache_lock on; "
+               "add_header X-Cache $upstream_cache_status;") if cache else ""
         (d / "nginx.conf").write_text(f"""
 worker_processes {threads};
 daemon off;
@@ -208,6 +221,7 @@ http {{
   {access}
   client_body_temp_path {d}/body; proxy_temp_path {d}/proxy;
   fastcgi_temp_path {d}/fcgi; uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;
+  {zone}
   upstream up {{
     {method}
 {servers}
@@ -219,6 +233,7 @@ http {{
       proxy_pass http://up;
       proxy_http_version 1.1;
       proxy_set_header Connection "";
+      {use}
     }}
   }}
 }}
@@ -253,6 +268,17 @@ backend b
         return subprocess.Popen([tool("haproxy"), "-f", d / "haproxy.cfg", "-db"],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return start
+
+
+def x_cache(port):
+    """The X-Cache header of one GET / (the cache systems' proof of a hit)."""
+    import http.client
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    conn.request("GET", "/")
+    response = conn.getresponse()
+    response.read()
+    conn.close()
+    return (response.getheader("x-cache") or "").upper()
 
 
 def run_wrk(port, connections, duration, threads, lua):
@@ -303,12 +329,15 @@ def machine():
 def scenarios(args, systems):
     """(title, key, threads, connections, systems) of each part of the run."""
     cores = os.cpu_count() or 1
-    headline = ("1 worker, 16 connections", "1w-c16", 1, 16, list(systems))
+    headline = ("1 worker, 16 connections", "1w-c16", 1, 16, [s for s in systems if s not in CACHED])
+    cached = [s for s in systems if s in CACHED]
+    cache_part = [("response cache, 100 % hits: 1 worker, 16 connections", "cache-1w-c16", 1, 16, cached)]
     if args.headline:
-        return [headline]
+        return [headline] + (cache_part if cached else [])
     core = [s for s in systems if s in CORE or s.startswith("baseline-")]
     parts = [
         headline,
+        *(cache_part if cached else []),
         ("1 worker, 256 connections", "1w-c256", 1, 256, core),
         (f"all cores ({cores} workers), 16 connections", "all-c16", cores, 16, core),
     ]
@@ -369,6 +398,11 @@ def targets(table):
         extra = f"; nginx {nlog['rps'] / nginx['rps']:.2f}×" if nlog and nginx else ""
         out.append(("access log on (JSON to a file) req/s ≥ 0.95 × log off",
                     f"{logged['rps'] / sy['rps']:.2f}×{extra}", logged["rps"] >= 0.95 * sy["rps"]))
+    hit, nginx_hit = get("switchyard-cache-hit", "cache-1w-c16"), get(NGINX_CACHE, "cache-1w-c16")
+    if hit and nginx_hit:
+        out.append(("cache, 100 % hits: req/s ≥ nginx proxy_cache (1 worker each)",
+                    f"{hit['rps'] / nginx_hit['rps']:.2f}× ({hit['cpu_us']:.1f} vs {nginx_hit['cpu_us']:.1f} CPU µs/req)",
+                    hit["rps"] >= nginx_hit["rps"]))
     sy256, nginx256 = get("switchyard-round-robin", "1w-c256"), get(NGINX, "1w-c256")
     if sy256 and nginx256:
         out.append(("256 connections (1 worker): p99 ≤ 1.5 × nginx's",
@@ -390,7 +424,7 @@ def markdown(table, parts, meta, args, elapsed):
              "ctx sw/req is its threads' context switches ÷ requests. Ratios are to the same run's "
              f"`{BARE}` (÷ bare) and `{NGINX}` (÷ nginx).", ""]
     for title, key, _, _, systems in parts:
-        bare, nginx = table.get((key, BARE)), table.get((key, NGINX))
+        bare, nginx = table.get((key, BARE)), table.get((key, NGINX)) or table.get((key, NGINX_CACHE))
         lines += [f"## {title}", "",
                   "| system | req/s | CPU µs/request | CPU ÷ bare | CPU ÷ nginx | req/s ÷ bare | req/s ÷ nginx "
                   "| p50 ms | p99 ms | p99.9 ms | kernel % of CPU | ctx sw/req | peak RSS MiB | errors |",
@@ -485,6 +519,8 @@ def main():
         "switchyard-least-conn": switchyard_system(sy, "least-conn", upstreams),
         "switchyard-latency": switchyard_system(sy, "latency", upstreams),
         "switchyard-rr-logged": switchyard_system(sy, "round-robin", upstreams, log_file=True),
+        "switchyard-cache-hit": switchyard_system(sy, "round-robin", upstreams, cache=True),
+        NGINX_CACHE: nginx_system("", upstreams, cache=True),
         NGINX: nginx_system("", upstreams),
         "nginx-least_conn": nginx_system("least_conn;", upstreams),
         "nginx-rr-logged": nginx_system("", upstreams, log_file=True),
@@ -524,6 +560,8 @@ def main():
                     wrk_threads = min(2, threads)
                     try:
                         run_wrk(target_port, connections, 1, wrk_threads, lua)  # warm up
+                        if name in CACHED and x_cache(target_port) != "HIT":
+                            raise SystemExit(f"perf: {name} does not answer from its cache")
                         pids = process_tree(proc.pid) if proc else pids
                         (user0, sys0), ctx0 = cpu_seconds(pids), context_switches(pids)
                         r = run_wrk(target_port, connections, args.duration, wrk_threads, lua)

@@ -1,18 +1,20 @@
 //! The blog example, whole: three instances and a backup sharing one SQLite database,
-//! behind Switchyard with health checks and the latency balancer.
+//! behind Switchyard with health checks, the latency balancer and a response cache.
 //!
 //! ```text
 //! $ cargo build -p switchyard && cargo run -p switchyard-example-blog -- up
 //! blog: instances a, b, c and backup d on 127.0.0.1:… sharing /tmp/…/blog.db
 //! blog: Switchyard on http://127.0.0.1:8080 (Ctrl-C stops everything)
 //! $ curl -si http://127.0.0.1:8080/articles          # x-instance: a, b or c
+//! $ curl -si http://127.0.0.1:8080/                  # the website; x-cache: MISS, then HIT
 //! ```
 //!
 //! `blog serve NAME ADDR DB` runs one instance (and prints `listening ADDR`);
 //! `blog backup DB DIR [--every SECONDS] [--keep N]` copies the database online and
 //! `blog restore FILE DB` puts a copy back (see `backup.rs`);
-//! `examples/blog/tests/failover.rs` kills and restarts instances under load, and
-//! destroys and restores the database.
+//! `examples/blog/tests/failover.rs` kills and restarts instances under load, reads
+//! cached pages with every instance down, and destroys and restores the database;
+//! `browser.rs` uses the website in headless Chromium.
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;

@@ -131,6 +131,7 @@ impl Entry {
             stale_allowed: self.policy.stale_allowed,
             swr_s: self.policy.stale_while_revalidate.as_secs(),
             sie_s: self.policy.stale_if_error.as_secs(),
+            authorized: self.policy.serves_authorized,
             vary: self.policy.vary.clone(),
             headers: self
                 .headers
@@ -171,6 +172,7 @@ impl Entry {
                 stale_allowed: meta.stale_allowed,
                 stale_while_revalidate: Duration::from_secs(meta.swr_s),
                 stale_if_error: Duration::from_secs(meta.sie_s),
+                serves_authorized: meta.authorized,
                 vary: meta.vary,
             },
         })
@@ -196,6 +198,8 @@ struct DiskMeta {
     stale_allowed: bool,
     swr_s: u64,
     sie_s: u64,
+    #[serde(default)]
+    authorized: bool,
     vary: Vec<String>,
     headers: Vec<(String, usize)>,
 }
@@ -271,6 +275,7 @@ mod tests {
             stale_allowed: true,
             stale_while_revalidate: Duration::ZERO,
             stale_if_error: Duration::from_secs(9),
+            serves_authorized: false,
             vary: vec!["accept-encoding".into()],
         };
         let entry = Entry::new(

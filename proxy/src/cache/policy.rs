@@ -103,6 +103,9 @@ pub struct Storable {
     /// `stale-while-revalidate` / `stale-if-error` the response itself grants (RFC 5861).
     pub stale_while_revalidate: Duration,
     pub stale_if_error: Duration,
+    /// May answer requests that carry `Authorization` (RFC 9111 §3.5): it says
+    /// `public`, `s-maxage` or `must-revalidate`.
+    pub serves_authorized: bool,
     /// Request headers it varies on, lowercased.
     pub vary: Vec<String>,
 }
@@ -142,9 +145,8 @@ pub fn storable(
     if cc.has("private") {
         return Err(NotStored::Private);
     }
-    if request.contains_key(http::header::AUTHORIZATION)
-        && !(cc.has("public") || cc.has("s-maxage") || cc.has("must-revalidate"))
-    {
+    let serves_authorized = cc.has("public") || cc.has("s-maxage") || cc.has("must-revalidate");
+    if request.contains_key(http::header::AUTHORIZATION) && !serves_authorized {
         return Err(NotStored::Authorization);
     }
     if response.contains_key(http::header::SET_COOKIE) && !rules.store_set_cookie {
@@ -194,6 +196,7 @@ pub fn storable(
             || cc.has("s-maxage")),
         stale_while_revalidate: cc.seconds("stale-while-revalidate").unwrap_or_default(),
         stale_if_error: cc.seconds("stale-if-error").unwrap_or_default(),
+        serves_authorized,
         vary,
     })
 }

@@ -52,13 +52,16 @@ pub(super) async fn lookup(
         return Ok(false);
     }
     let head = req.method == Method::HEAD;
+    // A stored response answers a request with credentials only if it says it may.
+    let authorized = req.headers.contains_key(http::header::AUTHORIZATION);
     let mut state = CacheState::new(cache, primary, CacheResult::Miss);
     let mut waited = false;
     loop {
         let found = cache
             .cache
             .lookup(&state.primary, &session.req_header().headers)
-            .await;
+            .await
+            .filter(|e| !authorized || e.policy.serves_authorized);
         let now = SystemTime::now();
         if let Some(entry) = &found {
             let window = cache
@@ -261,6 +264,11 @@ pub(super) fn on_body(ctx: &mut RequestCtx, body: Option<&Bytes>, end_of_stream:
 /// Whether `error` only carries an answer from the cache (nothing to log).
 pub(super) fn is_answer(error: &Error) -> bool {
     *error.etype() == FROM_CACHE
+}
+
+/// The cache's result for the access log: `HIT`, `MISS`… or `-` off cached routes.
+pub(super) fn result_label(ctx: &RequestCtx) -> &'static str {
+    ctx.cache.as_ref().map_or("-", |s| s.result.header())
 }
 
 /// Whether `fail_to_proxy` is handling an answer from the cache.

@@ -440,6 +440,7 @@ impl ProxyHttp for Switchyard {
             upstream_us = micros(ctx.upstream_time),
             total_us = micros(ctx.arrived.map(|t| t.elapsed())),
             tries = ctx.excluded.len() + usize::from(backend.is_some()),
+            cache = caching::result_label(ctx),
             error = e.map(|e| e.to_string()),
             "request"
         );
