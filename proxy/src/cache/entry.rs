@@ -1,7 +1,8 @@
 //! One stored response, how old and how stale it is, and its form on disk.
 
 use bytes::Bytes;
-use http::HeaderMap;
+use http::{HeaderMap, HeaderValue};
+use pingora::http::ResponseHeader;
 use serde::{Deserialize, Serialize};
 use std::time::{Duration, SystemTime};
 
@@ -36,6 +37,8 @@ pub struct Entry {
     /// When it was received (or last revalidated).
     pub stored: SystemTime,
     pub policy: Storable,
+    /// The response header a hit sends, built once: status, `headers`, the length.
+    reply: Option<ResponseHeader>,
 }
 
 impl Entry {
@@ -57,6 +60,45 @@ impl Entry {
             body,
             stored: SystemTime::now(),
             policy,
+            reply: None,
+        }
+        .with_reply()
+    }
+
+    /// Builds the header a hit sends (none if the status cannot be sent).
+    fn with_reply(mut self) -> Self {
+        self.reply = self.response_header(self.status, true).ok();
+        self
+    }
+
+    /// A response header with `status`, the stored headers (those that are no valid
+    /// header value are left out) and, `with_length`, the body's length.
+    pub fn response_header(
+        &self,
+        status: u16,
+        with_length: bool,
+    ) -> pingora::Result<ResponseHeader> {
+        // No case map: names are stored lowercase, and a hit clones this header.
+        let mut header = ResponseHeader::build_no_case(status, Some(self.headers.len() + 3))?;
+        for (name, value) in &self.headers {
+            if let Ok(value) = HeaderValue::from_maybe_shared(value.clone()) {
+                header.append_header(name.clone(), value)?;
+            }
+        }
+        if with_length {
+            header.insert_header(
+                http::header::CONTENT_LENGTH,
+                HeaderValue::from(self.body.len()),
+            )?;
+        }
+        Ok(header)
+    }
+
+    /// The header a hit with the whole body sends, without `Age` and `x-cache`.
+    pub fn reply(&self) -> pingora::Result<ResponseHeader> {
+        match &self.reply {
+            Some(reply) => Ok(reply.clone()),
+            None => self.response_header(self.status, true),
         }
     }
 
@@ -113,7 +155,9 @@ impl Entry {
             body: self.body.clone(),
             stored: SystemTime::now(),
             policy,
+            reply: None,
         }
+        .with_reply()
     }
 
     /// The file form: a line of JSON metadata, the header block, the body.
@@ -159,23 +203,27 @@ impl Entry {
             headers.push((name, bytes.slice_ref(value)));
             at += len;
         }
-        Some(Entry {
-            primary: meta.primary,
-            variant: meta.variant,
-            status: meta.status,
-            headers,
-            body: bytes.slice(at..),
-            stored: SystemTime::UNIX_EPOCH + Duration::from_millis(meta.stored_ms),
-            policy: Storable {
-                fresh_for: Duration::from_millis(meta.fresh_ms),
-                initial_age: Duration::from_secs(meta.initial_age_s),
-                stale_allowed: meta.stale_allowed,
-                stale_while_revalidate: Duration::from_secs(meta.swr_s),
-                stale_if_error: Duration::from_secs(meta.sie_s),
-                serves_authorized: meta.authorized,
-                vary: meta.vary,
-            },
-        })
+        Some(
+            Entry {
+                primary: meta.primary,
+                variant: meta.variant,
+                status: meta.status,
+                headers,
+                body: bytes.slice(at..),
+                stored: SystemTime::UNIX_EPOCH + Duration::from_millis(meta.stored_ms),
+                policy: Storable {
+                    fresh_for: Duration::from_millis(meta.fresh_ms),
+                    initial_age: Duration::from_secs(meta.initial_age_s),
+                    stale_allowed: meta.stale_allowed,
+                    stale_while_revalidate: Duration::from_secs(meta.swr_s),
+                    stale_if_error: Duration::from_secs(meta.sie_s),
+                    serves_authorized: meta.authorized,
+                    vary: meta.vary,
+                },
+                reply: None,
+            }
+            .with_reply(),
+        )
     }
 }
 

@@ -31,7 +31,8 @@ pub enum CacheError {
 /// One cache.
 pub struct Cache {
     pub name: String,
-    config: Mutex<CacheConfig>,
+    /// Shared, so a hit reads its settings without copying them.
+    config: Mutex<Arc<CacheConfig>>,
     memory: Mutex<Lru<Arc<Entry>>>,
     disk: Option<Disk>,
     /// Primary keys being fetched, and the channel their waiters watch: it closes when
@@ -94,7 +95,7 @@ impl Cache {
         };
         let cache = Cache {
             name: config.name.clone(),
-            config: Mutex::new(config.clone()),
+            config: Mutex::new(Arc::new(config.clone())),
             memory: Mutex::new(Lru::new(config.memory_bytes)),
             disk,
             fills: Mutex::new(HashMap::new()),
@@ -111,7 +112,7 @@ impl Cache {
 
     /// Applies new bounds and settings from a reloaded configuration.
     pub fn reconfigure(&self, config: &CacheConfig) {
-        *self.config.lock() = config.clone();
+        *self.config.lock() = Arc::new(config.clone());
         let evicted = self.memory.lock().set_limit(config.memory_bytes);
         self.counters.memory_evictions.inc_by(evicted.len() as u64);
         if let (Some(disk), Some(tier)) = (&self.disk, &config.disk) {
@@ -121,8 +122,8 @@ impl Cache {
     }
 
     /// The settings in force.
-    pub fn config(&self) -> CacheConfig {
-        self.config.lock().clone()
+    pub fn config(&self) -> Arc<CacheConfig> {
+        Arc::clone(&self.config.lock())
     }
 
     /// The stored variant of `primary` that a request with `request` headers selects,

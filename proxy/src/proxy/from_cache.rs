@@ -1,8 +1,8 @@
 //! Writing a stored response to the client.
 
-use http::Method;
+use http::{HeaderValue, Method};
 use pingora::Result;
-use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::http::RequestHeader;
 use pingora::proxy::Session;
 use std::time::SystemTime;
 
@@ -22,18 +22,17 @@ pub(super) async fn serve(
     let head = req.method == Method::HEAD;
     let not_modified = client_has_it(req, entry);
     let status = if not_modified { 304 } else { entry.status };
-    let mut header = ResponseHeader::build(status, Some(entry.headers.len() + 3))?;
-    for (name, value) in &entry.headers {
-        if let Ok(value) = http::HeaderValue::from_bytes(value) {
-            header.append_header(name.clone(), value)?;
-        }
-    }
-    header.insert_header("age", entry.age(now).as_secs().to_string())?;
-    if !not_modified {
-        header.insert_header("content-length", entry.body.len().to_string())?;
-    }
+    let mut header = if not_modified {
+        entry.response_header(304, false)?
+    } else {
+        entry.reply()?
+    };
+    header.insert_header(
+        http::header::AGE,
+        HeaderValue::from(entry.age(now).as_secs()),
+    )?;
     if cache.cache.config().x_cache_header {
-        header.insert_header("x-cache", result.header())?;
+        header.insert_header("x-cache", HeaderValue::from_static(result.header()))?;
     }
     let body_follows = !(head || not_modified || entry.body.is_empty());
     session

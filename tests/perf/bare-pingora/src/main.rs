@@ -1,4 +1,4 @@
-//! Bare Pingora with the system allocator. `bare-pingora LISTEN THREADS UPSTREAM...`
+//! Bare Pingora with the system allocator. `bare-pingora LISTEN THREADS UPSTREAM...` (or `answer` instead of upstreams)
 
 mod proxy;
 
