@@ -58,10 +58,12 @@ NGINX = "nginx-roundrobin"
 NGINX_CACHE = "nginx-proxy_cache-hit"
 # Pingora answering every request from memory by itself: the floor of a cache hit.
 BARE_ANSWER = "bare-pingora-answer"
+# The same with Switchyard's HTTP settings: deadlines, read timeout, pipelining, h2c.
+BARE_ANSWER_SETTINGS = "bare-pingora-answer-settings"
 # Systems of the scenarios beyond the headline.
 CORE = ["direct", BARE, "switchyard-round-robin", NGINX, "haproxy-roundrobin"]
 # The response-cache part: every request a hit, after the warm-up stored the object.
-CACHED = [BARE_ANSWER, "switchyard-cache-hit", NGINX_CACHE]
+CACHED = [BARE_ANSWER, BARE_ANSWER_SETTINGS, "switchyard-cache-hit", NGINX_CACHE]
 
 
 def log(msg):
@@ -197,9 +199,11 @@ def switchyard_system(binary, balancer, upstreams, native=False, log_file=False,
     return start
 
 
-def bare_system(binary, upstreams):
+def bare_system(binary, upstreams, settings=False):
+    """Bare Pingora; `settings`: with Switchyard's HTTP settings (BARE_PINGORA_SETTINGS)."""
     def start(port, work, threads):
-        return subprocess.Popen([binary, f"127.0.0.1:{port}", str(threads), *upstreams],
+        env = {**os.environ, **({"BARE_PINGORA_SETTINGS": "1"} if settings else {})}
+        return subprocess.Popen([binary, f"127.0.0.1:{port}", str(threads), *upstreams], env=env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return start
 
@@ -523,6 +527,7 @@ def main():
         BARE: bare_system(release / "bare-pingora", upstreams),
         "bare-pingora-jemalloc": bare_system(release / "bare-pingora-jemalloc", upstreams),
         BARE_ANSWER: bare_system(release / "bare-pingora-jemalloc", ["answer"]),
+        BARE_ANSWER_SETTINGS: bare_system(release / "bare-pingora-jemalloc", ["answer"], settings=True),
         "switchyard-round-robin": switchyard_system(sy, "round-robin", upstreams),
         "switchyard-native": switchyard_system(sy, "round-robin", upstreams, native=True),
         "switchyard-least-conn": switchyard_system(sy, "least-conn", upstreams),
@@ -569,7 +574,7 @@ def main():
                     wrk_threads = min(2, threads)
                     try:
                         run_wrk(target_port, connections, 1, wrk_threads, lua)  # warm up
-                        if name in CACHED and name != BARE_ANSWER and x_cache(target_port) != "HIT":
+                        if name in CACHED and not name.startswith(BARE_ANSWER) and x_cache(target_port) != "HIT":
                             raise SystemExit(f"perf: {name} does not answer from its cache")
                         pids = process_tree(proc.pid) if proc else pids
                         (user0, sys0), ctx0 = cpu_seconds(pids), context_switches(pids)

@@ -70,9 +70,13 @@ impl<V: Clone> Lru<V> {
     pub fn get(&mut self, key: &str) -> Option<V> {
         self.clock += 1;
         let slot = self.slots.get_mut(key)?;
-        self.order.remove(&slot.used);
+        // The key moves to the young end; its string is reused, not copied again.
+        let name = self
+            .order
+            .remove(&slot.used)
+            .unwrap_or_else(|| key.to_owned());
         slot.used = self.clock;
-        self.order.insert(self.clock, key.to_owned());
+        self.order.insert(self.clock, name);
         Some(slot.value.clone())
     }
 

@@ -131,11 +131,17 @@ impl Cache {
     pub async fn lookup(&self, primary: &str, request: &http::HeaderMap) -> Option<Arc<Entry>> {
         {
             let mut memory = self.memory.lock();
-            if let Some(vary) = memory.vary_of(primary) {
-                let key = variant_key(primary, &variant_of(vary, request));
-                if let Some(entry) = memory.get(&key) {
-                    return Some(entry);
-                }
+            // Without `Vary` the variant's key is the primary key itself: no new string.
+            let variant = memory.vary_of(primary).map(|vary| {
+                (!vary.is_empty()).then(|| variant_key(primary, &variant_of(vary, request)))
+            });
+            let found = match &variant {
+                Some(Some(key)) => memory.get(key),
+                Some(None) => memory.get(primary),
+                None => None,
+            };
+            if found.is_some() {
+                return found;
             }
         }
         let path = self.disk.as_ref()?.find(primary, request)?;

@@ -1,20 +1,29 @@
 //! The proxy itself: `upstream_peer` returns the next address round-robin, nothing else.
 //! With `answer` as the upstream it answers every request itself with the 1 KiB body
 //! `perf-upstream` sends: the floor of serving from memory (the response cache) on Pingora.
+//! `BARE_PINGORA_SETTINGS=1` applies Switchyard's HTTP settings (h2c, header and
+//! keep-alive deadlines, a read timeout, pipelining, no L4 read buffer), so their share
+//! of Switchyard's cost is measured apart from Switchyard's own code.
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use pingora::apps::HttpServerOptions;
 use pingora::http::ResponseHeader;
+use pingora::listeners::{DEFAULT_L4_WRITE_BUFFER_SIZE, L4BufferSettings, ListenerConfig};
 use pingora::prelude::{HttpPeer, ProxyHttp, Result, Session};
 use pingora::server::Server;
 use pingora::server::configuration::ServerConf;
+use pingora::services::listening::Service;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 struct RoundRobin {
     upstreams: Vec<String>,
     next: AtomicUsize,
     /// The body to answer with instead of proxying (`answer` mode).
     answer: Option<Bytes>,
+    /// Switchyard's HTTP settings (`BARE_PINGORA_SETTINGS`).
+    settings: bool,
 }
 
 #[async_trait]
@@ -24,6 +33,10 @@ impl ProxyHttp for RoundRobin {
     fn new_ctx(&self) -> Self::CTX {}
 
     async fn request_filter(&self, session: &mut Session, _: &mut ()) -> Result<bool> {
+        if self.settings {
+            session.set_read_timeout(Some(Duration::from_secs(60)));
+            session.as_downstream_mut().set_pipelining_enabled(true);
+        }
         let Some(body) = &self.answer else {
             return Ok(false);
         };
@@ -73,9 +86,24 @@ pub fn run() {
         upstreams: args[2..].to_vec(),
         next: AtomicUsize::new(0),
         answer,
+        settings: std::env::var_os("BARE_PINGORA_SETTINGS").is_some(),
     };
-    let mut service = pingora::proxy::http_proxy_service(&server.configuration, proxy);
-    service.add_tcp(&args[0]);
+    if !proxy.settings {
+        let mut service = pingora::proxy::http_proxy_service(&server.configuration, proxy);
+        service.add_tcp(&args[0]);
+        server.add_service(service);
+        server.run_forever()
+    }
+    let mut app = pingora::proxy::http_proxy(&server.configuration, proxy);
+    let mut options = HttpServerOptions::default();
+    options.h2c = true;
+    options.h1_header_timeout = Some(Duration::from_secs(60));
+    options.h1_max_header_size = Some(64 * 1024);
+    options.h1_keepalive_timeout = Some(Duration::from_secs(75));
+    app.server_options = Some(options);
+    let mut service = Service::new("bare-pingora".to_owned(), app);
+    let buffers = L4BufferSettings::new(0, DEFAULT_L4_WRITE_BUFFER_SIZE);
+    service.add_listener(ListenerConfig::tcp(args[0].clone()).l4_buffer(buffers));
     server.add_service(service);
     server.run_forever()
 }
