@@ -196,7 +196,8 @@ def main():
     parser = argparse.ArgumentParser()
     target = Path(os.environ.get("CARGO_TARGET_DIR", REPO / "target"))
     default = target / "release"
-    if not (default / "switchyard").exists():
+    # A release build of the proxy alone (the benchmark's) is not enough: both are needed.
+    if not all((default / name).exists() for name in ("switchyard", "blog")):
         default = target / "debug"
     parser.add_argument("--binaries", type=Path, default=default)
     parser.add_argument("--inside", type=Path, help=argparse.SUPPRESS)
