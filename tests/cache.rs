@@ -1,7 +1,8 @@
 //! The response cache, against a real origin that counts every request it receives:
 //! hits never reach it, a miss storm reaches it once, variants stay apart, stale
 //! entries are refreshed once in the background or served through an outage, the
-//! memory bound holds, the disk tier survives a restart, and upgrades pass.
+//! memory bound holds, the disk tier survives a restart, byte ranges are cut from stored
+//! pages, and upgrades pass.
 
 mod support;
 
@@ -565,6 +566,56 @@ async fn a_websocket_upgrade_passes_through_a_cached_route() {
         assert_eq!(echo, b"ping over the upgrade");
     }
     assert_eq!(origin.seen("/ws"), 2);
+}
+
+/// `GET /doc` with `headers` on a fresh connection.
+async fn get_doc(addr: SocketAddr, headers: &[(&str, &str)]) -> Response {
+    request(addr, "/doc", "localhost", headers).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_byte_range_of_a_stored_page_is_cut_from_it() {
+    let origin = Origin::start().await;
+    let proxy = Proxy::start(&config(&origin, ""), &[]);
+    let addr = proxy.addr;
+    // Nothing stored yet: the range goes to the pool, and its answer is not stored.
+    assert_eq!(
+        x_cache(&get_doc(addr, &[("range", "bytes=0-3")]).await),
+        "BYPASS"
+    );
+    assert_eq!(x_cache(&get_doc(addr, &[]).await), "MISS"); // "page /doc", 9 bytes
+    let r = get_doc(addr, &[("range", "bytes=0-3")]).await;
+    assert_eq!(
+        (r.status, r.body.as_str(), x_cache(&r)),
+        (206, "page", "HIT")
+    );
+    assert_eq!(r.headers["content-range"], "bytes 0-3/9");
+    assert_eq!(r.headers["content-length"], "4");
+    for (range, part) in [
+        ("bytes=-4", "/doc"),
+        ("bytes=5-", "/doc"),
+        ("bytes=2-200", "ge /doc"),
+    ] {
+        let r = get_doc(addr, &[("range", range)]).await;
+        assert_eq!((r.status, r.body.as_str()), (206, part), "{range}");
+    }
+    let r = get_doc(addr, &[("range", "bytes=9-")]).await;
+    assert_eq!(
+        (r.status, r.headers["content-range"].as_str()),
+        (416, "bytes */9")
+    );
+    // If-Range naming another version: the whole stored page instead.
+    let r = get_doc(addr, &[("range", "bytes=0-3"), ("if-range", "\"other\"")]).await;
+    assert_eq!(
+        (r.status, r.body.as_str(), x_cache(&r)),
+        (200, "page /doc", "HIT")
+    );
+    // Several ranges are the pool's to answer.
+    assert_eq!(
+        x_cache(&get_doc(addr, &[("range", "bytes=0-1,3-4")]).await),
+        "BYPASS"
+    );
+    assert_eq!(origin.seen("/doc"), 3);
 }
 
 /// `POST path` with an empty body on a fresh connection: the status.

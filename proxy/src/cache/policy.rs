@@ -16,7 +16,7 @@ use http::{HeaderMap, Method};
 use std::time::{Duration, SystemTime};
 
 /// Statuses that may be stored without explicit freshness (RFC 9110 §15.1), but 206:
-/// ranges are passed through.
+/// a range is cut from a whole stored response, and partial ones are not stored.
 const HEURISTIC_STATUSES: [u16; 10] = [200, 203, 204, 300, 301, 308, 404, 405, 410, 414];
 /// Statuses stored only with explicit freshness.
 const EXPLICIT_ONLY_STATUSES: [u16; 3] = [302, 307, 501];
@@ -88,6 +88,48 @@ pub fn request_bypass(method: &Method, headers: &HeaderMap) -> Option<Bypass> {
         return Some(Bypass::NoStore);
     }
     None
+}
+
+/// A `Range` header against a stored body of known length (RFC 9110 §14.2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ByteRange {
+    /// Bytes `first..=last` of the body.
+    Part { first: u64, last: u64 },
+    /// No byte of the range is in the body: `416`.
+    Unsatisfiable,
+}
+
+/// The one byte range `value` asks of a body of `len` bytes: `bytes=F-L`, `bytes=F-` or
+/// `bytes=-N`. `None` for several ranges or a malformed one: those go to the pool.
+pub fn byte_range(value: &str, len: u64) -> Option<ByteRange> {
+    let (unit, spec) = value.trim().split_once('=')?;
+    if !unit.trim().eq_ignore_ascii_case("bytes") || spec.contains(',') {
+        return None;
+    }
+    let (first, last) = spec.trim().split_once('-')?;
+    let number = |s: &str| s.trim().parse::<u64>().ok();
+    let (first, last) = match (first.trim().is_empty(), last.trim().is_empty()) {
+        (true, false) => {
+            let suffix = number(last)?;
+            if suffix == 0 || len == 0 {
+                return Some(ByteRange::Unsatisfiable);
+            }
+            (len.saturating_sub(suffix), len - 1)
+        }
+        (false, true) => (number(first)?, u64::MAX),
+        (false, false) => (number(first)?, number(last)?),
+        (true, true) => return None,
+    };
+    if first > last {
+        return None;
+    }
+    if first >= len {
+        return Some(ByteRange::Unsatisfiable);
+    }
+    Some(ByteRange::Part {
+        first,
+        last: last.min(len - 1),
+    })
 }
 
 /// What the cache may do with a response it stores.
@@ -366,5 +408,27 @@ mod tests {
             Some(Bypass::NoStore)
         );
         assert_eq!(request_bypass(&Method::HEAD, &HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn byte_ranges_against_a_ten_byte_body() {
+        let part = |first, last| Some(ByteRange::Part { first, last });
+        assert_eq!(byte_range("bytes=0-3", 10), part(0, 3));
+        assert_eq!(byte_range("bytes=4-", 10), part(4, 9));
+        assert_eq!(byte_range("bytes=-3", 10), part(7, 9));
+        assert_eq!(byte_range("bytes=-30", 10), part(0, 9));
+        assert_eq!(byte_range("Bytes = 2-200", 10), part(2, 9));
+        assert_eq!(byte_range("bytes=10-", 10), Some(ByteRange::Unsatisfiable));
+        assert_eq!(byte_range("bytes=-0", 10), Some(ByteRange::Unsatisfiable));
+        assert_eq!(byte_range("bytes=0-0", 0), Some(ByteRange::Unsatisfiable));
+        for to_the_pool in [
+            "bytes=0-1,4-5",
+            "bytes=5-2",
+            "bytes=-",
+            "items=0-1",
+            "bytes=x-2",
+        ] {
+            assert_eq!(byte_range(to_the_pool, 10), None, "{to_the_pool}");
+        }
     }
 }

@@ -1,7 +1,8 @@
 //! The response cache in the request path, stage by stage:
 //!
 //! ```text
-//! request_filter            lookup: fresh → HIT; stale within stale-while-revalidate →
+//! request_filter            lookup: fresh → HIT (a single byte range is cut from it:
+//!                           206, or 416 past its end); stale within stale-while-revalidate →
 //!                           STALE and one background refresh; else wait for a fetch of
 //!                           the same key already under way (lock_timeout), or fetch
 //! upstream_request_filter   the stored validators replace the client's
@@ -28,9 +29,9 @@ use std::time::SystemTime;
 
 use super::cache_state::{CacheState, Fill};
 use super::context::RequestCtx;
-use super::from_cache::serve;
+use super::from_cache::{self, if_range_holds, serve};
 use crate::cache::entry::variant_of;
-use crate::cache::policy::{self, StoreRules};
+use crate::cache::policy::{self, Bypass, ByteRange, StoreRules};
 use crate::cache::{CacheResult, CacheUse, Claim, refresh};
 use crate::pool::Pool;
 
@@ -47,10 +48,16 @@ pub(super) async fn lookup(
 ) -> Result<bool> {
     let req = session.req_header();
     let primary = cache.primary_key(ctx.tls, &ctx.view.host, &ctx.view.path, req.uri.query());
-    if policy::request_bypass(&req.method, &req.headers).is_some() {
+    let bypass = policy::request_bypass(&req.method, &req.headers);
+    if bypass == Some(Bypass::Range) && serve_range(session, cache, &primary).await? {
+        ctx.cache = Some(CacheState::new(cache, primary, CacheResult::Hit));
+        return Ok(true);
+    }
+    if bypass.is_some() {
         ctx.cache = Some(CacheState::new(cache, primary, CacheResult::Bypass));
         return Ok(false);
     }
+    let req = session.req_header();
     let head = req.method == Method::HEAD;
     // A stored response answers a request with credentials only if it says it may.
     let authorized = req.headers.contains_key(http::header::AUTHORIZATION);
@@ -114,6 +121,42 @@ pub(super) async fn lookup(
     }
     ctx.cache = Some(state);
     Ok(false)
+}
+
+/// A `Range` request answered from a fresh stored `200` (true): its one range as a
+/// `206`, `416` past its end, the whole entry when `If-Range` names another version.
+/// Anything else — nothing fresh stored, several ranges — goes to the pool unstored.
+async fn serve_range(session: &mut Session, cache: &Arc<CacheUse>, primary: &str) -> Result<bool> {
+    let req = session.req_header();
+    let authorized = req.headers.contains_key(http::header::AUTHORIZATION);
+    let Some(entry) = cache
+        .cache
+        .lookup(primary, &req.headers)
+        .await
+        .filter(|e| e.status == 200 && (!authorized || e.policy.serves_authorized))
+    else {
+        return Ok(false);
+    };
+    let now = SystemTime::now();
+    if entry.staleness(now).is_some() {
+        return Ok(false);
+    }
+    let req = session.req_header();
+    if !if_range_holds(req, &entry) {
+        serve(session, &entry, CacheResult::Hit, cache, now).await?;
+        return Ok(true);
+    }
+    let value = req
+        .headers
+        .get(http::header::RANGE)
+        .and_then(|v| v.to_str().ok());
+    let range = match value.and_then(|v| policy::byte_range(v, entry.body.len() as u64)) {
+        Some(ByteRange::Part { first, last }) => Some((first, last)),
+        Some(ByteRange::Unsatisfiable) => None,
+        None => return Ok(false),
+    };
+    from_cache::serve_range(session, &entry, range, cache, now).await?;
+    Ok(true)
 }
 
 /// Stage `upstream_request_filter`: a GET that may fill the cache asks for a whole

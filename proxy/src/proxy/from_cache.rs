@@ -2,7 +2,7 @@
 
 use http::{HeaderValue, Method};
 use pingora::Result;
-use pingora::http::RequestHeader;
+use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::Session;
 use std::time::SystemTime;
 
@@ -44,6 +44,65 @@ pub(super) async fn serve(
             .await?;
     }
     Ok(status)
+}
+
+/// Writes bytes `first..=last` of `entry` (a stored `200`) as a `206`, or, without
+/// `range`, a `416` naming the body's length.
+pub(super) async fn serve_range(
+    session: &mut Session,
+    entry: &Entry,
+    range: Option<(u64, u64)>,
+    cache: &CacheUse,
+    now: SystemTime,
+) -> Result<u16> {
+    let len = entry.body.len() as u64;
+    let head = session.req_header().method == Method::HEAD;
+    let (status, content_range, body) = match range {
+        Some((first, last)) => (
+            206,
+            format!("bytes {first}-{last}/{len}"),
+            entry.body.slice(first as usize..=last as usize),
+        ),
+        None => (416, format!("bytes */{len}"), bytes::Bytes::new()),
+    };
+    let mut header = if status == 206 {
+        entry.response_header(206, false)?
+    } else {
+        ResponseHeader::build(416, Some(4))?
+    };
+    header.insert_header(http::header::CONTENT_RANGE, content_range)?;
+    header.insert_header(http::header::CONTENT_LENGTH, HeaderValue::from(body.len()))?;
+    header.insert_header(
+        http::header::AGE,
+        HeaderValue::from(entry.age(now).as_secs()),
+    )?;
+    if cache.cache.config().x_cache_header {
+        header.insert_header(
+            "x-cache",
+            HeaderValue::from_static(CacheResult::Hit.header()),
+        )?;
+    }
+    let body_follows = !(head || body.is_empty());
+    session
+        .write_response_header(Box::new(header), !body_follows)
+        .await?;
+    if body_follows {
+        session.write_response_body(Some(body), true).await?;
+    }
+    Ok(status)
+}
+
+/// Whether a request's `If-Range` (if any) names this entry, so its `Range` applies
+/// (RFC 9110 §13.1.5: an ETag compared strongly, or the exact `Last-Modified` date).
+pub(super) fn if_range_holds(req: &RequestHeader, entry: &Entry) -> bool {
+    let Some(condition) = req.headers.get("if-range").and_then(|v| v.to_str().ok()) else {
+        return true;
+    };
+    let condition = condition.trim();
+    if condition.starts_with('"') || condition.starts_with("W/") {
+        return !condition.starts_with("W/") && entry.header("etag") == Some(condition);
+    }
+    entry.header("last-modified") == Some(condition)
 }
 
 /// The client's `If-None-Match` names the entry's ETag (weak comparison), or, without
