@@ -125,7 +125,10 @@ impl Disk {
         );
         let path = self.dir.join(name);
         let bytes = entry.encode();
-        let (_, evicted) = self.index.lock().insert(
+        // The index stays locked until the jobs are queued, so a purge that removes
+        // this key queues its delete after this write, never before it.
+        let mut index = self.index.lock();
+        let (_, evicted) = index.insert(
             key,
             entry.primary.clone(),
             &entry.policy.vary,
@@ -142,7 +145,8 @@ impl Disk {
 
     /// Removes the entries of every primary key `matches` accepts.
     pub fn remove_where(&self, matches: impl Fn(&str) -> bool) -> usize {
-        let removed = self.index.lock().remove_where(matches);
+        let mut index = self.index.lock();
+        let removed = index.remove_where(matches);
         let jobs = self.jobs.lock();
         for path in &removed {
             let _ = jobs.send(Job::Delete(path.clone()));
@@ -152,7 +156,8 @@ impl Disk {
 
     /// Removes every variant of `primary`.
     pub fn remove_primary(&self, primary: &str) -> usize {
-        let removed = self.index.lock().remove_primary(primary);
+        let mut index = self.index.lock();
+        let removed = index.remove_primary(primary);
         let jobs = self.jobs.lock();
         for path in &removed {
             let _ = jobs.send(Job::Delete(path.clone()));
@@ -168,7 +173,8 @@ impl Disk {
 
     /// Changes the bound.
     pub fn set_limit(&self, limit: u64) {
-        let evicted = self.index.lock().set_limit(limit);
+        let mut index = self.index.lock();
+        let evicted = index.set_limit(limit);
         let jobs = self.jobs.lock();
         for path in evicted {
             let _ = jobs.send(Job::Delete(path));
