@@ -19,6 +19,8 @@ use tokio::net::{TcpListener, TcpStream};
 struct Origin {
     addr: SocketAddr,
     seen: Mutex<HashMap<String, u64>>,
+    /// Request methods received, by path, in order.
+    methods: Mutex<HashMap<String, Vec<String>>>,
     /// Validators received, by path.
     conditional: Mutex<HashMap<String, u64>>,
     failing: AtomicBool,
@@ -32,6 +34,7 @@ impl Origin {
         let origin = Arc::new(Origin {
             addr: listener.local_addr().unwrap(),
             seen: Mutex::new(HashMap::new()),
+            methods: Mutex::new(HashMap::new()),
             conditional: Mutex::new(HashMap::new()),
             failing: AtomicBool::new(false),
             dead: AtomicBool::new(false),
@@ -50,6 +53,15 @@ impl Origin {
     /// Requests received for `path` (without its query).
     fn seen(&self, path: &str) -> u64 {
         self.seen.lock().unwrap().get(path).copied().unwrap_or(0)
+    }
+
+    fn methods(&self, path: &str) -> Vec<String> {
+        self.methods
+            .lock()
+            .unwrap()
+            .get(path)
+            .cloned()
+            .unwrap_or_default()
     }
 
     fn conditional(&self, path: &str) -> u64 {
@@ -92,6 +104,14 @@ impl Origin {
                 .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
                 .collect();
             *self.seen.lock().unwrap().entry(path.clone()).or_default() += 1;
+            let method = text.split_whitespace().next().unwrap_or("").to_owned();
+            let head = method == "HEAD";
+            self.methods
+                .lock()
+                .unwrap()
+                .entry(path.clone())
+                .or_default()
+                .push(method);
             if headers.contains_key("if-none-match") {
                 *self
                     .conditional
@@ -116,7 +136,9 @@ impl Origin {
                 body.len()
             )
             .into_bytes();
-            response.extend_from_slice(&body);
+            if !head {
+                response.extend_from_slice(&body);
+            }
             if stream.write_all(&response).await.is_err() {
                 return;
             }
@@ -616,6 +638,34 @@ async fn a_byte_range_of_a_stored_page_is_cut_from_it() {
         "BYPASS"
     );
     assert_eq!(origin.seen("/doc"), 3);
+}
+
+/// `HEAD path` on a fresh connection: the whole answer as sent, header and any body.
+async fn head(addr: SocketAddr, path: &str) -> String {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let req = format!("HEAD {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).await.unwrap();
+    String::from_utf8_lossy(&raw).to_ascii_lowercase()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_head_miss_fetches_the_whole_page_once_and_sends_only_its_header() {
+    let origin = Origin::start().await;
+    let proxy = Proxy::start(&config(&origin, ""), &[]);
+    for expected in ["miss", "hit"] {
+        let answer = head(proxy.addr, "/headfirst").await;
+        assert!(answer.starts_with("http/1.1 200"), "{answer}");
+        assert!(answer.contains(&format!("x-cache: {expected}")), "{answer}");
+        // "page /headfirst": the length of the page, and no body after the header.
+        assert!(answer.contains("content-length: 15"), "{answer}");
+        assert!(answer.ends_with("\r\n\r\n"), "{answer}");
+    }
+    let r = get(proxy.addr, "/headfirst").await;
+    assert_eq!((x_cache(&r), r.body.as_str()), ("HIT", "page /headfirst"));
+    assert_eq!(origin.seen("/headfirst"), 1);
+    assert_eq!(origin.methods("/headfirst"), ["GET"]);
 }
 
 /// `POST path` with an empty body on a fresh connection: the status.

@@ -58,7 +58,6 @@ pub(super) async fn lookup(
         return Ok(false);
     }
     let req = session.req_header();
-    let head = req.method == Method::HEAD;
     // A stored response answers a request with credentials only if it says it may.
     let authorized = req.headers.contains_key(http::header::AUTHORIZATION);
     let mut state = CacheState::new(cache, primary, CacheResult::Miss);
@@ -104,7 +103,7 @@ pub(super) async fn lookup(
             }
         }
         state.stale = found;
-        if head || waited {
+        if waited {
             break;
         }
         match cache.cache.claim(&state.primary) {
@@ -166,7 +165,15 @@ pub(super) fn prepare_upstream(ctx: &mut RequestCtx, upstream: &mut RequestHeade
     let Some(state) = ctx.cache.as_mut() else {
         return;
     };
-    if state.result == CacheResult::Bypass || upstream.method != Method::GET {
+    if state.result == CacheResult::Bypass {
+        return;
+    }
+    // A HEAD miss that fills the cache fetches the whole response (nginx's
+    // proxy_cache_convert_head); Pingora sends the client the header alone.
+    if upstream.method == Method::HEAD && state.guard.is_some() {
+        upstream.set_method(Method::GET);
+    }
+    if upstream.method != Method::GET {
         return;
     }
     for name in ["if-none-match", "if-modified-since", "if-range"] {
@@ -251,7 +258,10 @@ pub(super) fn on_response(
             format!("the backend answered {status}; stale-if-error"),
         ));
     }
-    if request.method != Method::GET {
+    // GET, or a HEAD sent upstream as GET (it holds the fill).
+    let fetched_whole =
+        request.method == Method::GET || (request.method == Method::HEAD && state.guard.is_some());
+    if !fetched_whole {
         return Ok(());
     }
     let Ok(policy) = policy::storable(&request.headers, status, &response.headers, rules, now)
