@@ -14,7 +14,7 @@ use std::sync::mpsc;
 use bytes::Bytes;
 use parking_lot::Mutex;
 
-use super::entry::{Entry, index_line, variant_key, variant_of};
+use super::entry::{Entry, index_line, variant_key};
 use super::lru::Lru;
 
 const SUFFIX: &str = "entry";
@@ -106,9 +106,7 @@ impl Disk {
 
     /// The file of the variant of `primary` that `request` selects, if one is held.
     pub fn find(&self, primary: &str, request: &http::HeaderMap) -> Option<PathBuf> {
-        let mut index = self.index.lock();
-        let variant = index.vary_of(primary).map(|v| variant_of(v, request))?;
-        index.get(&variant_key(primary, &variant))
+        self.index.lock().get_variant(primary, request)
     }
 
     /// Reads an entry back (blocking: call off the request threads).

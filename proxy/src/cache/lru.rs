@@ -5,7 +5,10 @@
 //! Eviction: while `bytes > limit`, drop the entry whose last use is oldest. Every
 //! use moves an entry to the young end: O(log n) in the order map.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
+
+use super::entry::{variant_key, variant_of};
 
 #[derive(Debug)]
 struct Slot<V> {
@@ -64,6 +67,17 @@ impl<V: Clone> Lru<V> {
     /// The `Vary` names stored for `primary`, if any variant is held.
     pub fn vary_of(&self, primary: &str) -> Option<&[String]> {
         self.variants.get(primary).map(|v| v.vary.as_slice())
+    }
+
+    /// The value of the variant of `primary` that a request with `request` headers
+    /// selects, marked as just used.
+    pub fn get_variant(&mut self, primary: &str, request: &http::HeaderMap) -> Option<V> {
+        // Without `Vary` the variant's key is the primary key itself: no new string.
+        let key = match self.vary_of(primary)? {
+            [] => Cow::Borrowed(primary),
+            vary => Cow::Owned(variant_key(primary, &variant_of(vary, request))),
+        };
+        self.get(&key)
     }
 
     /// The value at `key`, marked as just used.

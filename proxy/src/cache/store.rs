@@ -10,7 +10,7 @@ use std::sync::Arc;
 use tokio::sync::watch;
 
 use super::disk::Disk;
-use super::entry::{Entry, variant_key, variant_of};
+use super::entry::Entry;
 use super::lru::Lru;
 use super::metrics::{CacheCounters, CacheResult};
 use crate::config::CacheConfig;
@@ -127,22 +127,18 @@ impl Cache {
     }
 
     /// The stored variant of `primary` that a request with `request` headers selects,
-    /// from memory, else from disk (and then kept in memory).
+    /// from memory, else from disk (and then kept in memory). A request with
+    /// credentials gets only an entry that says it may answer one (RFC 9111 §3.5).
     pub async fn lookup(&self, primary: &str, request: &http::HeaderMap) -> Option<Arc<Entry>> {
-        {
-            let mut memory = self.memory.lock();
-            // Without `Vary` the variant's key is the primary key itself: no new string.
-            let variant = memory.vary_of(primary).map(|vary| {
-                (!vary.is_empty()).then(|| variant_key(primary, &variant_of(vary, request)))
-            });
-            let found = match &variant {
-                Some(Some(key)) => memory.get(key),
-                Some(None) => memory.get(primary),
-                None => None,
-            };
-            if found.is_some() {
-                return found;
-            }
+        let entry = self.find(primary, request).await?;
+        let allowed =
+            entry.policy.serves_authorized || !request.contains_key(http::header::AUTHORIZATION);
+        allowed.then_some(entry)
+    }
+
+    async fn find(&self, primary: &str, request: &http::HeaderMap) -> Option<Arc<Entry>> {
+        if let Some(entry) = self.memory.lock().get_variant(primary, request) {
+            return Some(entry);
         }
         let path = self.disk.as_ref()?.find(primary, request)?;
         let entry = tokio::task::spawn_blocking(move || Disk::read(&path))

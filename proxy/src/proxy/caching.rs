@@ -57,17 +57,13 @@ pub(super) async fn lookup(
         ctx.cache = Some(CacheState::new(cache, primary, CacheResult::Bypass));
         return Ok(false);
     }
-    let req = session.req_header();
-    // A stored response answers a request with credentials only if it says it may.
-    let authorized = req.headers.contains_key(http::header::AUTHORIZATION);
     let mut state = CacheState::new(cache, primary, CacheResult::Miss);
     let mut waited = false;
     loop {
         let found = cache
             .cache
             .lookup(&state.primary, &session.req_header().headers)
-            .await
-            .filter(|e| !authorized || e.policy.serves_authorized);
+            .await;
         let now = SystemTime::now();
         if let Some(entry) = &found {
             let window = cache
@@ -126,13 +122,11 @@ pub(super) async fn lookup(
 /// `206`, `416` past its end, the whole entry when `If-Range` names another version.
 /// Anything else — nothing fresh stored, several ranges — goes to the pool unstored.
 async fn serve_range(session: &mut Session, cache: &Arc<CacheUse>, primary: &str) -> Result<bool> {
-    let req = session.req_header();
-    let authorized = req.headers.contains_key(http::header::AUTHORIZATION);
     let Some(entry) = cache
         .cache
-        .lookup(primary, &req.headers)
+        .lookup(primary, &session.req_header().headers)
         .await
-        .filter(|e| e.status == 200 && (!authorized || e.policy.serves_authorized))
+        .filter(|e| e.status == 200)
     else {
         return Ok(false);
     };

@@ -1,5 +1,6 @@
 //! Writing a stored response to the client.
 
+use bytes::Bytes;
 use http::{HeaderValue, Method};
 use pingora::Result;
 use pingora::http::{RequestHeader, ResponseHeader};
@@ -18,15 +19,27 @@ pub(super) async fn serve(
     cache: &CacheUse,
     now: SystemTime,
 ) -> Result<u16> {
-    let req = session.req_header();
-    let head = req.method == Method::HEAD;
-    let not_modified = client_has_it(req, entry);
-    let status = if not_modified { 304 } else { entry.status };
-    let mut header = if not_modified {
-        entry.response_header(304, false)?
+    let not_modified = client_has_it(session.req_header(), entry);
+    let (header, body) = if not_modified {
+        (entry.response_header(304, false)?, Bytes::new())
     } else {
-        entry.reply()?
+        (entry.reply()?, entry.body.clone())
     };
+    send(session, header, body, entry, result, cache, now).await
+}
+
+/// Adds `Age` and `x-cache` to `header` and writes it, then `body` unless it is empty
+/// or the request is HEAD. Gives the status sent.
+async fn send(
+    session: &mut Session,
+    mut header: ResponseHeader,
+    body: Bytes,
+    entry: &Entry,
+    result: CacheResult,
+    cache: &CacheUse,
+    now: SystemTime,
+) -> Result<u16> {
+    let status = header.status.as_u16();
     header.insert_header(
         http::header::AGE,
         HeaderValue::from(entry.age(now).as_secs()),
@@ -34,14 +47,13 @@ pub(super) async fn serve(
     if cache.cache.config().x_cache_header {
         header.insert_header("x-cache", HeaderValue::from_static(result.header()))?;
     }
-    let body_follows = !(head || not_modified || entry.body.is_empty());
+    let head = session.req_header().method == Method::HEAD;
+    let body_follows = !(head || body.is_empty());
     session
         .write_response_header(Box::new(header), !body_follows)
         .await?;
     if body_follows {
-        session
-            .write_response_body(Some(entry.body.clone()), true)
-            .await?;
+        session.write_response_body(Some(body), true).await?;
     }
     Ok(status)
 }
@@ -56,40 +68,23 @@ pub(super) async fn serve_range(
     now: SystemTime,
 ) -> Result<u16> {
     let len = entry.body.len() as u64;
-    let head = session.req_header().method == Method::HEAD;
-    let (status, content_range, body) = match range {
-        Some((first, last)) => (
-            206,
-            format!("bytes {first}-{last}/{len}"),
-            entry.body.slice(first as usize..=last as usize),
-        ),
-        None => (416, format!("bytes */{len}"), bytes::Bytes::new()),
+    let (mut header, body) = match range {
+        Some((first, last)) => {
+            let mut header = entry.response_header(206, false)?;
+            header.insert_header(
+                http::header::CONTENT_RANGE,
+                format!("bytes {first}-{last}/{len}"),
+            )?;
+            (header, entry.body.slice(first as usize..=last as usize))
+        }
+        None => {
+            let mut header = ResponseHeader::build(416, Some(4))?;
+            header.insert_header(http::header::CONTENT_RANGE, format!("bytes */{len}"))?;
+            (header, Bytes::new())
+        }
     };
-    let mut header = if status == 206 {
-        entry.response_header(206, false)?
-    } else {
-        ResponseHeader::build(416, Some(4))?
-    };
-    header.insert_header(http::header::CONTENT_RANGE, content_range)?;
     header.insert_header(http::header::CONTENT_LENGTH, HeaderValue::from(body.len()))?;
-    header.insert_header(
-        http::header::AGE,
-        HeaderValue::from(entry.age(now).as_secs()),
-    )?;
-    if cache.cache.config().x_cache_header {
-        header.insert_header(
-            "x-cache",
-            HeaderValue::from_static(CacheResult::Hit.header()),
-        )?;
-    }
-    let body_follows = !(head || body.is_empty());
-    session
-        .write_response_header(Box::new(header), !body_follows)
-        .await?;
-    if body_follows {
-        session.write_response_body(Some(body), true).await?;
-    }
-    Ok(status)
+    send(session, header, body, entry, CacheResult::Hit, cache, now).await
 }
 
 /// Whether a request's `If-Range` (if any) names this entry, so its `Range` applies
