@@ -640,14 +640,21 @@ async fn a_byte_range_of_a_stored_page_is_cut_from_it() {
     assert_eq!(origin.seen("/doc"), 3);
 }
 
-/// `HEAD path` on a fresh connection: the whole answer as sent, header and any body.
-async fn head(addr: SocketAddr, path: &str) -> String {
+/// `METHOD path` with an empty body on a fresh connection: the answer as sent.
+async fn exchange(addr: SocketAddr, method: &str, path: &str) -> Vec<u8> {
     let mut s = TcpStream::connect(addr).await.unwrap();
-    let req = format!("HEAD {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n");
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nhost: localhost\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+    );
     s.write_all(req.as_bytes()).await.unwrap();
     let mut raw = Vec::new();
     s.read_to_end(&mut raw).await.unwrap();
-    String::from_utf8_lossy(&raw).to_ascii_lowercase()
+    raw
+}
+
+/// `HEAD path`: the whole answer as sent, header and any body, lowercased.
+async fn head(addr: SocketAddr, path: &str) -> String {
+    String::from_utf8_lossy(&exchange(addr, "HEAD", path).await).to_ascii_lowercase()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -670,14 +677,7 @@ async fn a_head_miss_fetches_the_whole_page_once_and_sends_only_its_header() {
 
 /// `POST path` with an empty body on a fresh connection: the status.
 async fn post(addr: SocketAddr, path: &str) -> u16 {
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    let req = format!(
-        "POST {path} HTTP/1.1\r\nhost: localhost\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
-    );
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).await.unwrap();
-    statuses(&raw)[0]
+    statuses(&exchange(addr, "POST", path).await)[0]
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -82,28 +82,26 @@ pub fn run() {
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
     let answer = (args[2] == "answer").then(|| Bytes::from(vec![b'x'; 1024]));
+    let settings = std::env::var_os("BARE_PINGORA_SETTINGS").is_some();
     let proxy = RoundRobin {
         upstreams: args[2..].to_vec(),
         next: AtomicUsize::new(0),
         answer,
-        settings: std::env::var_os("BARE_PINGORA_SETTINGS").is_some(),
+        settings,
     };
-    if !proxy.settings {
-        let mut service = pingora::proxy::http_proxy_service(&server.configuration, proxy);
-        service.add_tcp(&args[0]);
-        server.add_service(service);
-        server.run_forever()
-    }
     let mut app = pingora::proxy::http_proxy(&server.configuration, proxy);
-    let mut options = HttpServerOptions::default();
-    options.h2c = true;
-    options.h1_header_timeout = Some(Duration::from_secs(60));
-    options.h1_max_header_size = Some(64 * 1024);
-    options.h1_keepalive_timeout = Some(Duration::from_secs(75));
-    app.server_options = Some(options);
+    let mut listener = ListenerConfig::tcp(args[0].clone());
+    if settings {
+        let mut options = HttpServerOptions::default();
+        options.h2c = true;
+        options.h1_header_timeout = Some(Duration::from_secs(60));
+        options.h1_max_header_size = Some(64 * 1024);
+        options.h1_keepalive_timeout = Some(Duration::from_secs(75));
+        app.server_options = Some(options);
+        listener = listener.l4_buffer(L4BufferSettings::new(0, DEFAULT_L4_WRITE_BUFFER_SIZE));
+    }
     let mut service = Service::new("bare-pingora".to_owned(), app);
-    let buffers = L4BufferSettings::new(0, DEFAULT_L4_WRITE_BUFFER_SIZE);
-    service.add_listener(ListenerConfig::tcp(args[0].clone()).l4_buffer(buffers));
+    service.add_listener(listener);
     server.add_service(service);
     server.run_forever()
 }
