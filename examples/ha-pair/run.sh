@@ -98,11 +98,6 @@ start_keepalived() {
         >>"$WORK/$name/keepalived.log" 2>&1 &
     PIDS+=($!)
 }
-start_proxy lb1
-start_proxy lb2
-start_keepalived lb1 150
-start_keepalived lb2 100
-
 show_logs() {
     for f in "$WORK"/lb*/keepalived.log "$WORK"/lb*/switchyard.log; do
         echo "--- $f" >&2
@@ -117,6 +112,17 @@ wait_for() {  # wait_for SECONDS COMMAND…
         sleep 0.05
     done
 }
+ready() { ip netns exec "$P-$1" "$CURL" -fsS -o /dev/null --max-time 0.5 http://127.0.0.1:9090/ready 2>/dev/null; }
+start_proxy lb1
+start_proxy lb2
+# Both ready before VRRP starts, so the election is by priority (lb1), not by which
+# proxy finished loading first: with nopreempt, a lb2 that won would keep the VIP.
+for name in lb1 lb2; do
+    wait_for 30 ready "$name" || { echo "ha-pair: $name never became ready" >&2; show_logs; exit 1; }
+done
+start_keepalived lb1 150
+start_keepalived lb2 100
+
 wait_for 30 has_vip lb1 || { echo "ha-pair: lb1 never took the VIP" >&2; show_logs; exit 1; }
 echo "ha-pair: VIP on lb1"
 
