@@ -357,17 +357,22 @@ async fn past_max_connections_new_connections_are_closed_and_held_ones_served() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_idle_keep_alive_connection_is_closed_at_keepalive_timeout() {
     let b = backends(&[0]).await;
-    let proxy = Proxy::start_with("keepalive_timeout = \"1s\"\n", &pool(&b), &[]);
+    let proxy = Proxy::start_with("keepalive_timeout = \"2s\"\n", &pool(&b), &[]);
     let mut s = std::net::TcpStream::connect(proxy.addr).unwrap();
-    s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n").unwrap();
     let mut buf = [0u8; 512];
+    s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n").unwrap();
+    assert!(s.read(&mut buf).unwrap() > 0);
+    // A second request 1.5 s later: the idle time starts again from its answer (the
+    // connection's timer, set for the first one, must not close it 0.5 s later).
+    std::thread::sleep(Duration::from_millis(1500));
+    s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n").unwrap();
     assert!(s.read(&mut buf).unwrap() > 0);
     let idle_from = Instant::now();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     assert_eq!(s.read(&mut buf).unwrap_or(0), 0, "closed, not answered");
     let after = idle_from.elapsed();
     assert!(
-        (Duration::from_millis(900)..Duration::from_secs(3)).contains(&after),
+        (Duration::from_millis(1800)..Duration::from_secs(4)).contains(&after),
         "{after:?}"
     );
 }

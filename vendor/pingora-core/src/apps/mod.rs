@@ -25,6 +25,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::protocols::http::v2::server;
+use crate::protocols::http::v1::keepalive_timer::KeepaliveTimer;
 use crate::protocols::http::{ReusableHttpStream, ServerSession};
 use crate::protocols::Digest;
 use crate::protocols::Stream;
@@ -151,6 +152,8 @@ pub struct HttpPersistentSettings {
     /// across keepalive reuses without the adopter having to re-enable
     /// it on every request.
     pipelining_enabled: bool,
+    /// The connection's keep-alive timer, registered once for all its requests.
+    keepalive_timer: Option<KeepaliveTimer>,
 }
 
 impl HttpPersistentSettings {
@@ -161,6 +164,7 @@ impl HttpPersistentSettings {
             user_context: None,
             pipelined_prefix: None,
             pipelining_enabled: session.pipelining_enabled(),
+            keepalive_timer: None,
         }
     }
 
@@ -189,6 +193,7 @@ impl HttpPersistentSettings {
             user_context,
             pipelined_prefix,
             pipelining_enabled,
+            keepalive_timer,
         } = self;
 
         // Reduce the number of times the connection for this session can be
@@ -211,6 +216,9 @@ impl HttpPersistentSettings {
         if let Some(prefix) = pipelined_prefix {
             session.set_pipelined_prefix(prefix);
         }
+        if let Some(timer) = keepalive_timer {
+            session.set_keepalive_timer(timer);
+        }
     }
 }
 
@@ -231,9 +239,10 @@ impl ReusedHttpStream {
     /// Build a reusable HTTP stream from a finished session, preserving any
     /// pipelined prefix bytes in the persistent settings for the next request.
     pub fn from_reusable_stream(
-        reusable: ReusableHttpStream,
+        mut reusable: ReusableHttpStream,
         mut persistent_settings: HttpPersistentSettings,
     ) -> Self {
+        persistent_settings.keepalive_timer = reusable.take_keepalive_timer();
         let (stream, pipelined_prefix) = reusable.into_parts();
         if let Some(prefix) = pipelined_prefix {
             persistent_settings.set_pipelined_prefix(prefix);

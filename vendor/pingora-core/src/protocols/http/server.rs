@@ -30,11 +30,14 @@ use pingora_http::{RequestHeader, ResponseHeader};
 use std::any::Any;
 use std::time::Duration;
 
+use super::v1::keepalive_timer::KeepaliveTimer;
+
 /// A reusable HTTP/1.x stream and bytes already read for the next request.
 #[derive(Debug)]
 pub struct ReusableHttpStream {
     stream: Stream,
     pipelined_prefix: Option<BytesMut>,
+    keepalive_timer: Option<KeepaliveTimer>,
 }
 
 impl ReusableHttpStream {
@@ -42,7 +45,18 @@ impl ReusableHttpStream {
         Self {
             stream,
             pipelined_prefix,
+            keepalive_timer: None,
         }
+    }
+
+    pub(crate) fn with_keepalive_timer(mut self, timer: Option<KeepaliveTimer>) -> Self {
+        self.keepalive_timer = timer;
+        self
+    }
+
+    /// The connection's keep-alive timer, to hand to its next session.
+    pub fn take_keepalive_timer(&mut self) -> Option<KeepaliveTimer> {
+        self.keepalive_timer.take()
     }
 
     /// Split the reusable connection into its underlying stream and optional
@@ -975,6 +989,13 @@ impl Session {
     pub fn set_pipelined_prefix(&mut self, prefix: BytesMut) {
         if let Self::H1(s) = self {
             s.set_pipelined_prefix(prefix);
+        }
+    }
+
+    /// Hands an HTTP/1 session its connection's keep-alive timer. No-op for others.
+    pub fn set_keepalive_timer(&mut self, timer: KeepaliveTimer) {
+        if let Self::H1(s) = self {
+            s.set_keepalive_timer(timer);
         }
     }
 

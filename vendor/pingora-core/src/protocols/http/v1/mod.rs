@@ -17,6 +17,7 @@
 pub(crate) mod body;
 pub mod client;
 pub mod common;
+pub mod keepalive_timer;
 pub(crate) mod header;
 pub mod server;
 

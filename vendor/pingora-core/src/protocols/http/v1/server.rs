@@ -35,6 +35,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use super::body::{BodyReader, BodyWriter};
 use super::common::*;
 use super::header::HeaderWriter;
+use super::keepalive_timer::KeepaliveTimer;
 use crate::protocols::http::{
     authority::validate_request_authority, body_buffer::FixedBuffer, date, HttpTask,
     ReusableHttpStream,
@@ -170,6 +171,9 @@ pub struct HttpSession {
     max_header_size: usize,
     /// The server's keep-alive idle timeout, in seconds.
     keepalive_idle: Option<u64>,
+    /// The connection's keep-alive timer, carried across its requests (see
+    /// [`KeepaliveTimer`]); made on the first keep-alive wait.
+    keepalive_timer: Option<KeepaliveTimer>,
 }
 
 impl HttpSession {
@@ -221,6 +225,7 @@ impl HttpSession {
             header_timeout: None,
             max_header_size: MAX_HEADER_SIZE,
             keepalive_idle: None,
+            keepalive_timer: None,
         }
     }
 
@@ -248,13 +253,19 @@ impl HttpSession {
         let read_result = {
             let read_event = self.underlying_stream.read_buf(buf);
             match self.keepalive_timeout {
-                KeepaliveStatus::Timeout(d) => match timeout(d, read_event).await {
-                    Ok(res) => res,
-                    Err(e) => {
-                        debug!("keepalive timeout {d:?} reached, {e}");
-                        return Ok(None);
+                KeepaliveStatus::Timeout(d) => {
+                    let deadline = tokio::time::Instant::now() + d;
+                    let timer = self
+                        .keepalive_timer
+                        .get_or_insert_with(|| KeepaliveTimer::new(deadline));
+                    match timer.run(deadline, read_event).await {
+                        Some(res) => res,
+                        None => {
+                            debug!("keepalive timeout {d:?} reached");
+                            return Ok(None);
+                        }
                     }
-                },
+                }
                 KeepaliveStatus::Infinite => {
                     // FIXME: this should only apply to reads between requests
                     read_event.await
@@ -890,6 +901,12 @@ impl HttpSession {
     /// the request's own `Keep-Alive: timeout`, else waits forever.
     pub fn set_keepalive_idle(&mut self, seconds: Option<u64>) {
         self.keepalive_idle = seconds;
+    }
+
+    /// Hands this session the keep-alive timer of the connection's previous request,
+    /// so waiting for this one does not register another.
+    pub fn set_keepalive_timer(&mut self, timer: KeepaliveTimer) {
+        self.keepalive_timer = Some(timer);
     }
 
     /// Prepare response header for writing: handle upgrades, set headers, initialize body writer.
@@ -1541,10 +1558,10 @@ impl HttpSession {
                     .then(|| self.take_body_overread())
                     .flatten()
                     .filter(|prefix| !prefix.is_empty());
-                Ok(Some(ReusableHttpStream::new(
-                    self.underlying_stream,
-                    pipelined_prefix,
-                )))
+                Ok(Some(
+                    ReusableHttpStream::new(self.underlying_stream, pipelined_prefix)
+                        .with_keepalive_timer(self.keepalive_timer),
+                ))
             }
         }
     }
