@@ -668,6 +668,21 @@ async fn a_head_miss_fetches_the_whole_page_once_and_sends_only_its_header() {
         // "page /headfirst": the length of the page, and no body after the header.
         assert!(answer.contains("content-length: 15"), "{answer}");
         assert!(answer.ends_with("\r\n\r\n"), "{answer}");
+        if expected == "hit" {
+            // A stored header keeps places for the fields every hit sets: each is sent
+            // once, with its value ("close", as this request asked).
+            for field in ["date", "connection", "age", "x-cache"] {
+                let lines: Vec<&str> = answer
+                    .lines()
+                    .filter(|l| l.starts_with(&format!("{field}:")))
+                    .collect();
+                assert!(
+                    lines.len() == 1 && lines[0].trim().len() > field.len() + 1,
+                    "{field}: {answer}"
+                );
+            }
+            assert!(answer.contains("connection: close"), "{answer}");
+        }
     }
     let r = get(proxy.addr, "/headfirst").await;
     assert_eq!((x_cache(&r), r.body.as_str()), ("HIT", "page /headfirst"));
@@ -703,4 +718,18 @@ async fn a_successful_post_drops_the_stored_copies_of_its_url_and_location() {
     );
     assert_eq!(x_cache(&get(proxy.addr, "/inv").await), "HIT");
     assert_eq!((origin.seen("/inv"), origin.seen("/inv-target")), (3, 2));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_x_cache_header_off_a_hit_carries_age_but_no_x_cache() {
+    let origin = Origin::start().await;
+    let proxy = Proxy::start(&config(&origin, "x_cache_header = false"), &[]);
+    for _ in 0..2 {
+        let r = get(proxy.addr, "/quiet").await;
+        assert_eq!((r.status, r.body.as_str()), (200, "page /quiet"));
+        assert!(!r.headers.contains_key("x-cache"), "{:?}", r.headers);
+    }
+    let hit = get(proxy.addr, "/quiet").await;
+    assert!(hit.headers.contains_key("age"), "{:?}", hit.headers);
+    assert_eq!(origin.seen("/quiet"), 1);
 }

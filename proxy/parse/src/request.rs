@@ -69,6 +69,14 @@ pub enum TargetError {
 /// RFC 3986 that real names never use are refused), an IPv4 address, or an IPv6 address
 /// in brackets; an optional `:port` of digits.
 pub fn canonical_host(raw: &str) -> Result<String, TargetError> {
+    if is_plain_host(raw) {
+        return Ok(raw.to_owned());
+    }
+    canonical_host_by_parts(raw)
+}
+
+/// [`canonical_host`] the long way: trimmed, split from its port, checked, lowercased.
+fn canonical_host_by_parts(raw: &str) -> Result<String, TargetError> {
     let bad = || TargetError::BadHost(raw.to_owned());
     let trimmed = raw.trim();
     let (host, port) = if let Some(rest) = trimmed.strip_prefix('[') {
@@ -98,11 +106,33 @@ pub fn canonical_host(raw: &str) -> Result<String, TargetError> {
     let host = host.strip_suffix('.').unwrap_or(host);
     let valid = host
         .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b));
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~'));
     if !valid || host.starts_with('.') || host.contains("..") {
         return Err(bad());
     }
     Ok(host.to_ascii_lowercase())
+}
+
+/// Whether `raw` is already a canonical host (the common case, checked in one pass):
+/// lowercase letters, digits, `-`, `_`, `~` and single inner dots, no port.
+fn is_plain_host(raw: &str) -> bool {
+    let bytes = raw.as_bytes();
+    let fine =
+        |b: &u8| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_' | b'~');
+    let mut previous_dot = true; // no leading dot
+    for b in bytes {
+        if *b == b'.' {
+            if previous_dot {
+                return false;
+            }
+            previous_dot = true;
+        } else if fine(b) {
+            previous_dot = false;
+        } else {
+            return false;
+        }
+    }
+    !previous_dot // not empty, no trailing dot
 }
 
 /// The host a request is for: `host_fields` are the values of its `Host` fields,
@@ -157,13 +187,28 @@ fn hex(b: u8) -> Option<u8> {
     }
 }
 
-fn is_unreserved(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"-._~".contains(&b)
+const fn is_unreserved(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
 }
 
 /// Characters a path segment may carry unescaped (RFC 3986 `pchar` less `%`).
-fn is_pchar(b: u8) -> bool {
-    is_unreserved(b) || b"!$&'()*+,;=:@".contains(&b)
+const fn is_pchar(b: u8) -> bool {
+    is_unreserved(b)
+        || matches!(
+            b,
+            b'!' | b'$'
+                | b'&'
+                | b'\''
+                | b'('
+                | b')'
+                | b'*'
+                | b'+'
+                | b','
+                | b';'
+                | b'='
+                | b':'
+                | b'@'
+        )
 }
 
 /// Splits `raw` (the path of a request target, without the query) into decoded
@@ -248,6 +293,17 @@ pub fn normalize_path(raw: &str, slash: EncodedSlash) -> Result<NormalPath, Targ
             forward: raw.to_owned(),
         });
     }
+    if is_canonical(raw) {
+        return Ok(NormalPath {
+            matching: raw.to_owned(),
+            forward: raw.to_owned(),
+        });
+    }
+    normalize_by_segments(raw, slash)
+}
+
+/// [`normalize_path`] the long way: split, decode, drop dot and empty segments, rebuild.
+fn normalize_by_segments(raw: &str, slash: EncodedSlash) -> Result<NormalPath, TargetError> {
     let (segments, trailing_slash) = remove_dots(segments(raw, slash)?);
     let mut matching: Vec<u8> = Vec::with_capacity(raw.len());
     let mut forward = String::with_capacity(raw.len());
@@ -283,6 +339,38 @@ pub fn normalize_path(raw: &str, slash: EncodedSlash) -> Result<NormalPath, Targ
         forward,
     })
 }
+
+/// Whether `raw` is already both canonical forms (the common case, checked without
+/// splitting it): absolute, only `pchar`s, no empty, `.` or `..` segment.
+fn is_canonical(raw: &str) -> bool {
+    let Some(rest) = raw.strip_prefix('/') else {
+        return false;
+    };
+    let mut segments = rest.as_bytes().split(|b| *b == b'/').peekable();
+    while let Some(segment) = segments.next() {
+        let fine = match segment {
+            // only the last may be empty: "/a/" keeps its trailing slash
+            [] => segments.peek().is_none(),
+            b"." | b".." => false,
+            _ => segment.iter().all(|b| PCHAR[usize::from(*b)]),
+        };
+        if !fine {
+            return false;
+        }
+    }
+    true
+}
+
+/// [`is_pchar`] as a table, for the per-byte scan of [`is_canonical`].
+static PCHAR: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        table[b] = is_pchar(b as u8);
+        b += 1;
+    }
+    table
+};
 
 /// `bytes` as text: valid UTF-8 runs as they are, other bytes as `%XX`.
 fn utf8_or_escaped(bytes: &[u8]) -> String {

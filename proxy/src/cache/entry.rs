@@ -1,7 +1,9 @@
 //! One stored response, how old and how stale it is, and its form on disk.
 
 use bytes::Bytes;
+use http::response::Parts as RespParts;
 use http::{HeaderMap, HeaderValue};
+use pingora::OrErr;
 use pingora::http::ResponseHeader;
 use serde::{Deserialize, Serialize};
 use std::time::{Duration, SystemTime};
@@ -23,6 +25,24 @@ const NOT_STORED: [&str; 10] = [
     "x-cache",
 ];
 
+/// The `x-cache` response header.
+pub const X_CACHE: http::HeaderName = http::HeaderName::from_static("x-cache");
+
+/// `value` as an `Age` header value; ages under ten minutes come from a table built
+/// once, so a hit does not allocate one.
+pub fn age_value(seconds: u64) -> HeaderValue {
+    static SMALL: std::sync::LazyLock<Vec<HeaderValue>> = std::sync::LazyLock::new(|| {
+        (0..600u64)
+            .map(|n| HeaderValue::from_static(n.to_string().leak()))
+            .collect()
+    });
+    usize::try_from(seconds)
+        .ok()
+        .and_then(|i| SMALL.get(i))
+        .cloned()
+        .unwrap_or_else(|| HeaderValue::from(seconds))
+}
+
 /// A stored response.
 #[derive(Debug, Clone)]
 pub struct Entry {
@@ -37,8 +57,9 @@ pub struct Entry {
     /// When it was received (or last revalidated).
     pub stored: SystemTime,
     pub policy: Storable,
-    /// The response header a hit sends, built once: status, `headers`, the length.
-    reply: Option<ResponseHeader>,
+    /// The response header a hit sends, built once: status, `headers`, the length,
+    /// and places for the fields every hit sets.
+    reply: Option<HeaderMap>,
 }
 
 impl Entry {
@@ -65,9 +86,24 @@ impl Entry {
         .with_reply()
     }
 
-    /// Builds the header a hit sends (none if the status cannot be sent).
+    /// Builds the header fields a hit sends (none if the status cannot be sent), with
+    /// places for those set on every hit: `Age` and `x-cache` by the cache, `Date` and
+    /// `Connection` by Pingora (HTTP/2 drops `Connection`), and room to spare. Values
+    /// overwritten in place keep a hit's copy of these fields from growing its map.
     fn with_reply(mut self) -> Self {
-        self.reply = self.response_header(self.status, true).ok();
+        self.reply = self.response_header(self.status, true).ok().map(|h| {
+            let stored = RespParts::from(h).headers;
+            let mut fields = HeaderMap::with_capacity(stored.len() + 8);
+            fields.extend(stored);
+            let placeholder = HeaderValue::from_static("");
+            fields.insert(http::header::AGE, placeholder.clone());
+            fields.insert(X_CACHE, placeholder.clone());
+            fields.insert(http::header::CONNECTION, placeholder.clone());
+            if !fields.contains_key(http::header::DATE) {
+                fields.insert(http::header::DATE, placeholder);
+            }
+            fields
+        });
         self
     }
 
@@ -94,12 +130,17 @@ impl Entry {
         Ok(header)
     }
 
-    /// The header a hit with the whole body sends, without `Age` and `x-cache`.
-    pub fn reply(&self) -> pingora::Result<ResponseHeader> {
-        match &self.reply {
-            Some(reply) => Ok(reply.clone()),
-            None => self.response_header(self.status, true),
-        }
+    /// The header a hit with the whole body sends, as parts whose fields a hit sets
+    /// directly; its `Age` and `x-cache`, if there, are placeholders to overwrite.
+    pub fn reply(&self) -> pingora::Result<RespParts> {
+        let Some(fields) = &self.reply else {
+            return Ok(self.response_header(self.status, true)?.into());
+        };
+        let (mut parts, ()) = http::Response::new(()).into_parts();
+        parts.status = http::StatusCode::from_u16(self.status)
+            .or_err(pingora::ErrorType::InvalidHTTPHeader, "stored status")?;
+        parts.headers = fields.clone();
+        Ok(parts)
     }
 
     /// The key of this variant.

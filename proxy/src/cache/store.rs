@@ -7,6 +7,7 @@ use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::sync::watch;
 
 use super::disk::Disk;
@@ -33,6 +34,8 @@ pub struct Cache {
     pub name: String,
     /// Shared, so a hit reads its settings without copying them.
     config: Mutex<Arc<CacheConfig>>,
+    /// `config.x_cache_header`, for the hit path.
+    x_cache_header: AtomicBool,
     memory: Mutex<Lru<Arc<Entry>>>,
     disk: Option<Disk>,
     /// Primary keys being fetched, and the channel their waiters watch: it closes when
@@ -96,6 +99,7 @@ impl Cache {
         let cache = Cache {
             name: config.name.clone(),
             config: Mutex::new(Arc::new(config.clone())),
+            x_cache_header: AtomicBool::new(config.x_cache_header),
             memory: Mutex::new(Lru::new(config.memory_bytes)),
             disk,
             fills: Mutex::new(HashMap::new()),
@@ -113,6 +117,8 @@ impl Cache {
     /// Applies new bounds and settings from a reloaded configuration.
     pub fn reconfigure(&self, config: &CacheConfig) {
         *self.config.lock() = Arc::new(config.clone());
+        self.x_cache_header
+            .store(config.x_cache_header, Ordering::Relaxed);
         let evicted = self.memory.lock().set_limit(config.memory_bytes);
         self.counters.memory_evictions.inc_by(evicted.len() as u64);
         if let (Some(disk), Some(tier)) = (&self.disk, &config.disk) {
@@ -124,6 +130,11 @@ impl Cache {
     /// The settings in force.
     pub fn config(&self) -> Arc<CacheConfig> {
         Arc::clone(&self.config.lock())
+    }
+
+    /// Whether answers carry `x-cache` (read on every hit: no lock, no copy).
+    pub fn sends_x_cache(&self) -> bool {
+        self.x_cache_header.load(Ordering::Relaxed)
     }
 
     /// The stored variant of `primary` that a request with `request` headers selects,

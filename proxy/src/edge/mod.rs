@@ -13,22 +13,29 @@ pub use rate_limit::RateLimiter;
 pub use switchyard_parse::request::{EncodedSlash, TargetError};
 
 use crate::config::{RequestLimits, RouteConfig};
+
+/// `X-Forwarded-For`, parsed once rather than per lookup.
+const X_FORWARDED_FOR: http::HeaderName = http::HeaderName::from_static("x-forwarded-for");
 use crate::plugin::request::RequestView;
 use switchyard_parse::request::{normalize_path, request_host};
 
 /// The canonical host and path of a request (what routes, access rules and router
-/// plugins judge), and the normalised target (path and query) a backend may be sent
-/// instead of the one received. `Err` is a request to refuse with 400.
+/// plugins judge), and, when `forward` asks for it, the normalised target (path and
+/// query) a backend may be sent instead of the one received. `Err` is a request to
+/// refuse with 400.
 pub fn canonical_view(
     header: &RequestHeader,
     encoded_slash: EncodedSlash,
-) -> Result<(RequestView, String), TargetError> {
-    let mut hosts = Vec::new();
-    for value in header.headers.get_all(http::header::HOST) {
-        let text = value.to_str().map_err(|_| {
+    forward: bool,
+) -> Result<(RequestView, Option<String>), TargetError> {
+    // At most two Host fields are looked at: a second one is refused anyway.
+    let mut hosts = [""; 2];
+    let mut count = 0;
+    for value in header.headers.get_all(http::header::HOST).iter().take(2) {
+        hosts[count] = value.to_str().map_err(|_| {
             TargetError::BadHost(String::from_utf8_lossy(value.as_bytes()).into_owned())
         })?;
-        hosts.push(text);
+        count += 1;
     }
     // An absolute-form target (`GET http://host/x`) keeps its authority in the raw
     // target, not in `uri`; HTTP/2's `:authority` is in `uri`. Pingora's classifier is
@@ -43,18 +50,18 @@ pub fn canonical_view(
         .transpose()?;
     let authority = absolute.or_else(|| header.uri.authority().map(|a| a.as_str()));
     let http11 = header.version >= http::Version::HTTP_11;
-    let host = request_host(&hosts, authority, http11)?;
+    let host = request_host(&hosts[..count], authority, http11)?;
     let path = normalize_path(header.uri.path(), encoded_slash)?;
-    let forward = match header.uri.query() {
+    let target = forward.then(|| match header.uri.query() {
         Some(query) => format!("{}?{query}", path.forward),
         None => path.forward,
-    };
+    });
     let view = RequestView {
         host,
         path: path.matching,
         client: None,
     };
-    Ok((view, forward))
+    Ok((view, target))
 }
 
 /// The client's address: the peer, or — when the peer is a trusted proxy — the
@@ -70,7 +77,7 @@ pub fn client_ip(
         return Some(peer);
     }
     let mut client = peer;
-    for value in header.headers.get_all("x-forwarded-for") {
+    for value in header.headers.get_all(X_FORWARDED_FOR) {
         let Ok(value) = value.to_str() else { break };
         for hop in value.rsplit(',') {
             let Ok(ip) = hop.trim().parse::<IpAddr>() else {

@@ -30,7 +30,7 @@ use std::time::SystemTime;
 use super::cache_state::{CacheState, Fill};
 use super::context::RequestCtx;
 use super::from_cache::{self, if_range_holds, serve};
-use crate::cache::entry::variant_of;
+use crate::cache::entry::{X_CACHE, variant_of};
 use crate::cache::policy::{self, Bypass, ByteRange, StoreRules};
 use crate::cache::{CacheResult, CacheUse, Claim, refresh};
 use crate::pool::Pool;
@@ -355,9 +355,9 @@ pub(super) async fn answer_failure(
 /// Stage `response_filter`: `x-cache` on a response from the pool.
 pub(super) fn mark_response(ctx: &RequestCtx, response: &mut ResponseHeader) {
     if let Some(state) = &ctx.cache
-        && state.cache.cache.config().x_cache_header
+        && state.cache.cache.sends_x_cache()
     {
-        let _ = response.insert_header("x-cache", state.result.header());
+        let _ = response.insert_header(X_CACHE, state.result.header());
     }
 }
 

@@ -51,21 +51,27 @@ pub struct RequestCtx {
     pub(super) _in_flight: Option<InFlight>,
     /// Index of the route matched, if any.
     pub(super) route: Option<usize>,
+    /// Whether the access log was on when the request arrived (`None` before
+    /// `request_filter`: the logging stage then asks the runtime).
+    pub(super) access_log_on: Option<bool>,
     /// What the response cache does with this request, on a cached route.
     pub(super) cache: Option<super::cache_state::CacheState>,
 }
 
-/// A request counted in its pool's requests in flight (and retries, once granted one)
-/// until dropped.
+/// A request routed to a pool: once sent there, counted in the pool's requests in
+/// flight (and retries, once granted one) until dropped.
 #[derive(Debug)]
 pub(super) struct PoolEntry {
     pool: Arc<Pool>,
+    counted: bool,
     retry_granted: bool,
 }
 
 impl Drop for PoolEntry {
     fn drop(&mut self) {
-        self.pool.retry_budget.request_ended(self.retry_granted);
+        if self.counted {
+            self.pool.retry_budget.request_ended(self.retry_granted);
+        }
     }
 }
 
@@ -75,14 +81,26 @@ impl RequestCtx {
         self.entry.as_ref().map(|e| &e.pool)
     }
 
-    /// Sends the request to `pool`, counting it there until the context is dropped.
+    /// Routes the request to `pool`.
     pub(super) fn enter(&mut self, pool: Option<&Arc<Pool>>) {
         if let Some(pool) = pool {
-            pool.retry_budget.request_started();
             self.entry = Some(PoolEntry {
                 pool: Arc::clone(pool),
+                counted: false,
                 retry_granted: false,
             });
+        }
+    }
+
+    /// Counts the request in its pool's requests in flight, the retry budget's base,
+    /// once it is sent there (a request the cache answers never is), until the
+    /// context is dropped.
+    pub(super) fn sent_to_pool(&mut self) {
+        if let Some(entry) = self.entry.as_mut()
+            && !entry.counted
+        {
+            entry.pool.retry_budget.request_started();
+            entry.counted = true;
         }
     }
 

@@ -1,13 +1,14 @@
 //! Writing a stored response to the client.
 
 use bytes::Bytes;
+use http::response::Parts as RespParts;
 use http::{HeaderValue, Method};
 use pingora::Result;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::Session;
 use std::time::SystemTime;
 
-use crate::cache::entry::Entry;
+use crate::cache::entry::{Entry, X_CACHE, age_value};
 use crate::cache::{CacheResult, CacheUse};
 
 /// Writes `entry` to the client: `304` when the client's own validator matches, the
@@ -20,37 +21,39 @@ pub(super) async fn serve(
     now: SystemTime,
 ) -> Result<u16> {
     let not_modified = client_has_it(session.req_header(), entry);
-    let (header, body) = if not_modified {
-        (entry.response_header(304, false)?, Bytes::new())
+    let (head, body) = if not_modified {
+        (entry.response_header(304, false)?.into(), Bytes::new())
     } else {
         (entry.reply()?, entry.body.clone())
     };
-    send(session, header, body, entry, result, cache, now).await
+    send(session, head, body, entry, result, cache, now).await
 }
 
-/// Adds `Age` and `x-cache` to `header` and writes it, then `body` unless it is empty
-/// or the request is HEAD. Gives the status sent.
+/// Sets `Age` and `x-cache` in `head` (directly in its map: through `ResponseHeader`
+/// each name would be title-cased and parsed again) and writes it, then `body` unless
+/// it is empty or the request is HEAD. Gives the status sent.
 async fn send(
     session: &mut Session,
-    mut header: ResponseHeader,
+    mut head: RespParts,
     body: Bytes,
     entry: &Entry,
     result: CacheResult,
     cache: &CacheUse,
     now: SystemTime,
 ) -> Result<u16> {
-    let status = header.status.as_u16();
-    header.insert_header(
-        http::header::AGE,
-        HeaderValue::from(entry.age(now).as_secs()),
-    )?;
-    if cache.cache.config().x_cache_header {
-        header.insert_header("x-cache", HeaderValue::from_static(result.header()))?;
+    let status = head.status.as_u16();
+    head.headers
+        .insert(http::header::AGE, age_value(entry.age(now).as_secs()));
+    if cache.cache.sends_x_cache() {
+        head.headers
+            .insert(X_CACHE, HeaderValue::from_static(result.header()));
+    } else {
+        head.headers.remove(X_CACHE);
     }
-    let head = session.req_header().method == Method::HEAD;
-    let body_follows = !(head || body.is_empty());
+    let head_only = session.req_header().method == Method::HEAD;
+    let body_follows = !(head_only || body.is_empty());
     session
-        .write_response_header(Box::new(header), !body_follows)
+        .write_response_header(Box::new(ResponseHeader::from(head)), !body_follows)
         .await?;
     if body_follows {
         session.write_response_body(Some(body), true).await?;
@@ -84,13 +87,26 @@ pub(super) async fn serve_range(
         }
     };
     header.insert_header(http::header::CONTENT_LENGTH, HeaderValue::from(body.len()))?;
-    send(session, header, body, entry, CacheResult::Hit, cache, now).await
+    send(
+        session,
+        header.into(),
+        body,
+        entry,
+        CacheResult::Hit,
+        cache,
+        now,
+    )
+    .await
 }
 
 /// Whether a request's `If-Range` (if any) names this entry, so its `Range` applies
 /// (RFC 9110 §13.1.5: an ETag compared strongly, or the exact `Last-Modified` date).
 pub(super) fn if_range_holds(req: &RequestHeader, entry: &Entry) -> bool {
-    let Some(condition) = req.headers.get("if-range").and_then(|v| v.to_str().ok()) else {
+    let Some(condition) = req
+        .headers
+        .get(http::header::IF_RANGE)
+        .and_then(|v| v.to_str().ok())
+    else {
         return true;
     };
     let condition = condition.trim();
@@ -109,7 +125,7 @@ fn client_has_it(req: &RequestHeader, entry: &Entry) -> bool {
     let weak = |t: &str| t.trim().trim_start_matches("W/").to_owned();
     if let Some(wanted) = req
         .headers
-        .get("if-none-match")
+        .get(http::header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
     {
         let Some(etag) = entry.header("etag") else {
@@ -117,13 +133,16 @@ fn client_has_it(req: &RequestHeader, entry: &Entry) -> bool {
         };
         return wanted.trim() == "*" || wanted.split(',').any(|t| weak(t) == weak(etag));
     }
-    let since = req
+    let Some(since) = req
         .headers
-        .get("if-modified-since")
+        .get(http::header::IF_MODIFIED_SINCE)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| httpdate::parse_http_date(v).ok());
-    let modified = entry
+        .and_then(|v| httpdate::parse_http_date(v).ok())
+    else {
+        return false;
+    };
+    entry
         .header("last-modified")
-        .and_then(|v| httpdate::parse_http_date(v).ok());
-    matches!((since, modified), (Some(s), Some(m)) if m <= s)
+        .and_then(|v| httpdate::parse_http_date(v).ok())
+        .is_some_and(|modified| modified <= since)
 }

@@ -30,6 +30,7 @@ use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::Bytes;
 use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::modules::http::HttpModules;
 use pingora::prelude::HttpPeer;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorSource, ErrorType, Result};
@@ -62,19 +63,27 @@ impl Switchyard {
 
 #[async_trait]
 impl ProxyHttp for Switchyard {
-    type CTX = RequestCtx;
+    /// Boxed: Pingora moves the context with its request future several times per
+    /// request, and 700 bytes moved cost more than one allocation.
+    type CTX = Box<RequestCtx>;
 
-    fn new_ctx(&self) -> RequestCtx {
-        RequestCtx {
+    /// None: Pingora's default is a disabled response-compression module, which still
+    /// cost every request a context and three filter calls, and Switchyard compresses
+    /// nothing.
+    fn init_downstream_modules(&self, _modules: &mut HttpModules) {}
+
+    fn new_ctx(&self) -> Box<RequestCtx> {
+        Box::new(RequestCtx {
             _in_flight: Some(self.telemetry.in_flight_guard()),
             ..RequestCtx::default()
-        }
+        })
     }
 
-    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<bool> {
         ctx.arrived = Some(Instant::now());
         let runtime = self.runtime.load_full();
         let edge = &runtime.edge;
+        ctx.access_log_on = Some(edge.access_log != AccessLog::Off);
         session.set_read_timeout(Some(edge.limits.client_timeout));
         // Requests pipelined behind this one are answered in order (RFC 9112 §9.3.2).
         session.as_downstream_mut().set_pipelining_enabled(true);
@@ -86,9 +95,7 @@ impl ProxyHttp for Switchyard {
         };
         ctx.view = view;
         ctx.view.client = peer;
-        if edge.paths.forward_normalized {
-            ctx.forward_normalized = Some(normalized);
-        }
+        ctx.forward_normalized = normalized;
         if let (Some(port), false) = (edge.redirect_https_port, ctx.tls) {
             let answer = redirect_to_https(session.req_header(), &ctx.view.host, port);
             return respond(session, answer, &self.telemetry).await;
@@ -117,7 +124,7 @@ impl ProxyHttp for Switchyard {
         _session: &mut Session,
         body: &mut Option<Bytes>,
         _end_of_stream: bool,
-        ctx: &mut RequestCtx,
+        ctx: &mut Self::CTX,
     ) -> Result<()> {
         // A body sent without a length (chunked, or HTTP/2) is counted as it arrives.
         ctx.body_bytes += body.as_ref().map_or(0, |b| b.len() as u64);
@@ -138,8 +145,9 @@ impl ProxyHttp for Switchyard {
     async fn upstream_peer(
         &self,
         session: &mut Session,
-        ctx: &mut RequestCtx,
+        ctx: &mut Self::CTX,
     ) -> Result<Box<HttpPeer>> {
+        ctx.sent_to_pool();
         // Pingora may ask again after an error on a reused connection: that attempt failed.
         if let Some(a) = ctx.attempt.as_ref() {
             ctx.excluded.push(a.backend);
@@ -198,7 +206,7 @@ impl ProxyHttp for Switchyard {
         &self,
         _session: &mut Session,
         _peer: &HttpPeer,
-        ctx: &mut RequestCtx,
+        ctx: &mut Self::CTX,
         mut e: Box<Error>,
     ) -> Box<Error> {
         let failed = ctx.attempt.as_ref().map(|a| a.backend);
@@ -219,7 +227,7 @@ impl ProxyHttp for Switchyard {
         &self,
         session: &mut Session,
         upstream: &mut RequestHeader,
-        ctx: &mut RequestCtx,
+        ctx: &mut Self::CTX,
     ) -> Result<()> {
         let peer = session
             .client_addr()
@@ -238,7 +246,7 @@ impl ProxyHttp for Switchyard {
         &self,
         session: &mut Session,
         upstream: &mut ResponseHeader,
-        ctx: &mut RequestCtx,
+        ctx: &mut Self::CTX,
     ) -> Result<()> {
         let status = upstream.status.as_u16();
         let Some(a) = ctx.attempt.as_mut() else {
@@ -268,7 +276,7 @@ impl ProxyHttp for Switchyard {
         _session: &mut Session,
         body: &mut Option<Bytes>,
         end_of_stream: bool,
-        ctx: &mut RequestCtx,
+        ctx: &mut Self::CTX,
     ) -> Result<Option<Duration>> {
         caching::on_body(ctx, body.as_ref(), end_of_stream);
         Ok(None)
@@ -278,7 +286,7 @@ impl ProxyHttp for Switchyard {
         &self,
         _session: &mut Session,
         response: &mut ResponseHeader,
-        ctx: &mut RequestCtx,
+        ctx: &mut Self::CTX,
     ) -> Result<()> {
         caching::mark_response(ctx, response);
         Ok(())
@@ -289,7 +297,7 @@ impl ProxyHttp for Switchyard {
         peer: &HttpPeer,
         session: &mut Session,
         e: Box<Error>,
-        ctx: &mut RequestCtx,
+        ctx: &mut Self::CTX,
         client_reused: bool,
     ) -> Box<Error> {
         let mut e = e.more_context(format!("Peer: {peer}"));
@@ -335,7 +343,7 @@ impl ProxyHttp for Switchyard {
         e
     }
 
-    fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, error: &Error) -> bool {
+    fn suppress_error_log(&self, _session: &Session, _ctx: &Self::CTX, error: &Error) -> bool {
         caching::is_answer(error)
     }
 
@@ -343,7 +351,7 @@ impl ProxyHttp for Switchyard {
         &self,
         session: &mut Session,
         e: &Error,
-        ctx: &mut RequestCtx,
+        ctx: &mut Self::CTX,
     ) -> FailToProxy {
         let code = match e.etype() {
             ErrorType::HTTPStatus(code) => *code,
@@ -404,7 +412,7 @@ impl ProxyHttp for Switchyard {
         }
     }
 
-    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Self::CTX) {
         // Status and time to header are set together: no header means no answer.
         let failed = ctx
             .attempt
@@ -421,7 +429,10 @@ impl ProxyHttp for Switchyard {
             Some(pool) => pool.telemetry.request(tried, status, took),
             None => self.telemetry.request_outside_pools(status),
         }
-        if self.runtime.load().edge.access_log == AccessLog::Off {
+        let log_on = ctx
+            .access_log_on
+            .unwrap_or_else(|| self.runtime.load().edge.access_log != AccessLog::Off);
+        if !log_on {
             return;
         }
         let header = session.req_header();

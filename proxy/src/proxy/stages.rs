@@ -18,11 +18,11 @@ pub(super) enum Verdict {
 }
 
 /// Stage 1: header limits, the canonical request target, a declared body over the
-/// limit. Gives the canonical view and the normalised target (path and query).
+/// limit. Gives the canonical view and, with `forward_normalized`, the normalised target.
 pub(super) fn admit(
     header: &RequestHeader,
     edge: &EdgeSettings,
-) -> Result<(RequestView, String), Answer> {
+) -> Result<(RequestView, Option<String>), Answer> {
     if let Err(problem) = edge::header_within(header, &edge.limits) {
         return Err(Answer::refuse(
             431,
@@ -30,11 +30,15 @@ pub(super) fn admit(
             format!("switchyard: {problem}\n"),
         ));
     }
-    let view = edge::canonical_view(header, edge.paths.encoded_slash)
-        .map_err(|e| Answer::refuse(400, Refused::BadRequest, format!("switchyard: {e}\n")))?;
+    let view = edge::canonical_view(
+        header,
+        edge.paths.encoded_slash,
+        edge.paths.forward_normalized,
+    )
+    .map_err(|e| Answer::refuse(400, Refused::BadRequest, format!("switchyard: {e}\n")))?;
     let declared_body = header
         .headers
-        .get("content-length")
+        .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
     if declared_body.is_some_and(|n| n > edge.limits.max_body_bytes) {

@@ -144,3 +144,57 @@ fn the_host_comes_from_the_target_or_the_header_and_they_must_agree() {
         Err(TargetError::DuplicateHost)
     );
 }
+
+#[test]
+fn the_quick_check_for_canonical_paths_agrees_with_the_long_way() {
+    // Every path of up to four segments drawn from these pieces, with and without a
+    // trailing slash: wherever the quick check says "canonical", the long way must give
+    // the path back unchanged in both forms.
+    let pieces = [
+        "", ".", "..", "a", "b.c", "%41", "a b", "~x", "é", "a:b@c", "..a", "%2F",
+    ];
+    let mut quick = 0;
+    let mut paths = vec![String::new()];
+    for _ in 0..4 {
+        let longer: Vec<String> = paths
+            .iter()
+            .flat_map(|p| pieces.iter().map(move |s| format!("{p}/{s}")))
+            .collect();
+        paths.extend(longer);
+    }
+    for raw in paths.iter().chain([&"a/b".to_owned(), &"/".to_owned()]) {
+        let long = normalize_by_segments(raw, EncodedSlash::Keep);
+        if is_canonical(raw) {
+            quick += 1;
+            let same = NormalPath {
+                matching: raw.clone(),
+                forward: raw.clone(),
+            };
+            assert_eq!(long, Ok(same), "{raw:?}");
+        }
+        assert_eq!(normalize_path(raw, EncodedSlash::Keep), long, "{raw:?}");
+    }
+    assert!(quick > 1_000, "the quick check took only {quick} paths");
+}
+
+#[test]
+fn the_quick_check_for_canonical_hosts_agrees_with_the_long_way() {
+    let pieces = [
+        "", ".", "a", "B", "0", "-", "_x", "~", ":80", " ", "[::1]", "é",
+    ];
+    let mut quick = 0;
+    for a in pieces {
+        for b in pieces {
+            for c in pieces {
+                let raw = format!("{a}{b}{c}");
+                let long = canonical_host_by_parts(&raw);
+                if is_plain_host(&raw) {
+                    quick += 1;
+                    assert_eq!(long.as_deref(), Ok(raw.as_str()), "{raw:?}");
+                }
+                assert_eq!(canonical_host(&raw), long, "{raw:?}");
+            }
+        }
+    }
+    assert!(quick > 100, "the quick check took only {quick} hosts");
+}
