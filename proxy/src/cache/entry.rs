@@ -57,8 +57,8 @@ pub struct Entry {
     /// When it was received (or last revalidated).
     pub stored: SystemTime,
     pub policy: Storable,
-    /// The response header a hit sends, built once: status, `headers`, the length,
-    /// and places for the fields every hit sets.
+    /// The header fields a hit sends, built once: `headers`, the length, and places
+    /// for the fields every hit sets (the status is `status`).
     reply: Option<HeaderMap>,
 }
 

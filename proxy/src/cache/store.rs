@@ -32,7 +32,8 @@ pub enum CacheError {
 /// One cache.
 pub struct Cache {
     pub name: String,
-    /// Shared, so a hit reads its settings without copying them.
+    /// Shared, so a request that reads the settings (a miss, a refresh) does not copy
+    /// them; a hit reads only `x_cache_header`.
     config: Mutex<Arc<CacheConfig>>,
     /// `config.x_cache_header`, for the hit path.
     x_cache_header: AtomicBool,

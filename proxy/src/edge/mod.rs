@@ -13,11 +13,11 @@ pub use rate_limit::RateLimiter;
 pub use switchyard_parse::request::{EncodedSlash, TargetError};
 
 use crate::config::{RequestLimits, RouteConfig};
+use crate::plugin::request::RequestView;
+use switchyard_parse::request::{normalize_path, request_host};
 
 /// `X-Forwarded-For`, parsed once rather than per lookup.
 const X_FORWARDED_FOR: http::HeaderName = http::HeaderName::from_static("x-forwarded-for");
-use crate::plugin::request::RequestView;
-use switchyard_parse::request::{normalize_path, request_host};
 
 /// The canonical host and path of a request (what routes, access rules and router
 /// plugins judge), and, when `forward` asks for it, the normalised target (path and
