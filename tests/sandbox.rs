@@ -5,7 +5,7 @@
 mod support;
 
 use serde_json::Value;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use support::*;
 
 /// Deadline the sandbox tests give a call.
@@ -114,6 +114,47 @@ async fn an_infinite_loop_is_interrupted_within_twice_the_deadline() {
     assert!(
         result.quantile(0.5) >= Duration::from_millis(BUDGET_MS),
         "the loop was not run to its deadline"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_first_call_running_its_long_warm_up_budget_holds_up_no_other_request() {
+    // One worker thread: a call held on it would hold every connection, the accept
+    // loop included. A fresh instance's first call runs under the `init` budget (3 s
+    // here); the plugin loops, so it runs all of it.
+    let b = backends(&[0, 0]).await;
+    let body = misbehave_pool(&b, "mode = \"loop-select\"", "").replace(
+        "quarantine_after = 0 }",
+        "quarantine_after = 0, init_timeout = \"3s\" }",
+    );
+    let proxy = Proxy::start_with("threads = 1", &body, &misbehave());
+    let addr = proxy.addr;
+    let warming = tokio::spawn(async move {
+        let started = Instant::now();
+        let response = request(addr, "/", "localhost", &[]).await;
+        (response, started.elapsed())
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Meanwhile: new connections, each served by the fallback once the instance has
+    // stayed busy for one call budget.
+    let mut worst = Duration::ZERO;
+    for _ in 0..5 {
+        let started = Instant::now();
+        let response = request(addr, "/", "localhost", &[]).await.unwrap();
+        assert_eq!(response.status, 200, "{}", response.body);
+        worst = worst.max(started.elapsed());
+    }
+    let (response, warm_up) = warming.await.unwrap();
+    assert_eq!(response.unwrap().status, 200);
+    println!("warm-up call answered after {warm_up:?}; the others' worst {worst:?}");
+    // The test means something only if the first call really ran its long budget.
+    assert!(
+        warm_up >= Duration::from_millis(2500),
+        "warm-up {warm_up:?}"
+    );
+    assert!(
+        worst < Duration::from_millis(1000),
+        "a request waited {worst:?} behind the warm-up call"
     );
 }
 

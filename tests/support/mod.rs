@@ -132,8 +132,14 @@ impl Proxy {
     /// Rewrites the configuration file: the fixed header (listener, plugins directory,
     /// compiled-plugin cache and admin socket in this proxy's directory), then `body`.
     pub fn write_config(&self, body: &str) {
+        // Two worker threads unless `proxy_extra` names its own number.
+        let threads = if self.proxy_extra.contains("threads =") {
+            ""
+        } else {
+            "threads = 2\n"
+        };
         let config = format!(
-            "[proxy]\nlisten = [\"{}\"]\nthreads = 2\n{}\n\n[plugins]\ndir = \"plugins\"\ncache_dir = \"cache\"\n# Deadlines are wall time; tests share two cores, so give calls room.\nlimits = {{ call_timeout = \"50ms\" }}\n\n[admin]\nsocket = \"admin.sock\"\n\n{body}",
+            "[proxy]\nlisten = [\"{}\"]\n{threads}{}\n\n[plugins]\ndir = \"plugins\"\ncache_dir = \"cache\"\n# Deadlines are wall time; tests share two cores, so give calls room.\nlimits = {{ call_timeout = \"50ms\" }}\n\n[admin]\nsocket = \"admin.sock\"\n\n{body}",
             self.addr, self.proxy_extra
         );
         std::fs::write(self.config_path(), config).unwrap();

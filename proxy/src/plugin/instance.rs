@@ -52,6 +52,11 @@ pub struct PluginInstance<W> {
     /// the call budget like any other, so a plugin that loops in every call stalls a
     /// request for the long budget once, not after every fresh instance.
     warm_up_timed_out: std::sync::atomic::AtomicBool,
+    /// The next call may run under the long `init` budget: it finds no instance (and
+    /// makes one) or an instance that has not finished a call yet. [`Self::is_slow`]
+    /// says so, so that call leaves the worker thread: held there for the long budget,
+    /// it would stall every connection queued on that thread, the accept loop included.
+    warm_up_pending: std::sync::atomic::AtomicBool,
     /// Call and failure counts.
     pub stats: CallStats,
 }
@@ -80,6 +85,7 @@ impl<W: World> PluginInstance<W> {
             limits,
             live: parking_lot::Mutex::new(None),
             warm_up_timed_out: std::sync::atomic::AtomicBool::new(false),
+            warm_up_pending: std::sync::atomic::AtomicBool::new(true),
             stats: CallStats::default(),
         };
         let live = instance.instantiate()?;
@@ -224,10 +230,14 @@ impl<W: World> PluginInstance<W> {
             .failed(&error.to_string(), slow, Instant::now());
     }
 
-    /// True when a call ran out its budget within the last quarantine window: the next
-    /// calls may too, so the caller should not hold up other work meanwhile.
+    /// True when the next call may run long: a call ran out its budget within the last
+    /// quarantine window (the next calls may too), or the next call may warm up an
+    /// instance under the `init` budget. The caller should not hold up other work
+    /// meanwhile.
     pub fn is_slow(&self) -> bool {
-        self.quarantine.is_slow_now()
+        (self.warm_up_pending.load(Ordering::Relaxed)
+            && !self.warm_up_timed_out.load(Ordering::Relaxed))
+            || self.quarantine.is_slow_now()
     }
 
     /// Whether the plugin is quarantined now, and its last error.
@@ -290,9 +300,11 @@ impl<W: World> PluginInstance<W> {
         };
         if result.is_ok() {
             live.warmed = true;
+            self.warm_up_pending.store(false, Ordering::Relaxed);
         }
         result.map_err(|e| {
             *slot = None;
+            self.warm_up_pending.store(true, Ordering::Relaxed);
             // A failure that took over half the budget (filling memory until it runs
             // out, say) holds the thread like a timeout does.
             let took = PluginEngine::ticks_to_time(self.plugin.engine.ticks() - started);
