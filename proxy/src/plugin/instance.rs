@@ -52,11 +52,6 @@ pub struct PluginInstance<W> {
     /// the call budget like any other, so a plugin that loops in every call stalls a
     /// request for the long budget once, not after every fresh instance.
     warm_up_timed_out: std::sync::atomic::AtomicBool,
-    /// The next call may run under the long `init` budget: it finds no instance (and
-    /// makes one) or an instance that has not finished a call yet. [`Self::is_slow`]
-    /// says so, so that call leaves the worker thread: held there for the long budget,
-    /// it would stall every connection queued on that thread, the accept loop included.
-    warm_up_pending: std::sync::atomic::AtomicBool,
     /// Call and failure counts.
     pub stats: CallStats,
 }
@@ -66,6 +61,20 @@ impl<W> std::fmt::Debug for PluginInstance<W> {
         f.debug_struct("PluginInstance")
             .field("plugin", &self.plugin.name)
             .finish_non_exhaustive()
+    }
+}
+
+/// Runs `f`, when `slow`, through `block_in_place`: a call that may run out a long
+/// budget would otherwise hold the worker thread, and every request queued on it, for
+/// that long. Tokio hands the worker's other tasks to another thread meanwhile. Other
+/// calls run directly: the hand-off costs microseconds a call.
+pub fn off_the_worker_if<R>(slow: bool, f: impl FnOnce() -> R) -> R {
+    let multi_thread = tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+    if slow && multi_thread {
+        tokio::task::block_in_place(f)
+    } else {
+        f()
     }
 }
 
@@ -85,7 +94,6 @@ impl<W: World> PluginInstance<W> {
             limits,
             live: parking_lot::Mutex::new(None),
             warm_up_timed_out: std::sync::atomic::AtomicBool::new(false),
-            warm_up_pending: std::sync::atomic::AtomicBool::new(true),
             stats: CallStats::default(),
         };
         let live = instance.instantiate()?;
@@ -230,14 +238,10 @@ impl<W: World> PluginInstance<W> {
             .failed(&error.to_string(), slow, Instant::now());
     }
 
-    /// True when the next call may run long: a call ran out its budget within the last
-    /// quarantine window (the next calls may too), or the next call may warm up an
-    /// instance under the `init` budget. The caller should not hold up other work
-    /// meanwhile.
+    /// True when a call ran out its budget within the last quarantine window: the next
+    /// calls may too, so the caller should not hold up other work meanwhile.
     pub fn is_slow(&self) -> bool {
-        (self.warm_up_pending.load(Ordering::Relaxed)
-            && !self.warm_up_timed_out.load(Ordering::Relaxed))
-            || self.quarantine.is_slow_now()
+        self.quarantine.is_slow_now()
     }
 
     /// Whether the plugin is quarantined now, and its last error.
@@ -265,6 +269,24 @@ impl<W: World> PluginInstance<W> {
             );
             return Err(self.failure(call, FailureKind::Busy, detail));
         };
+        // Making an instance, or its first call, may run the long `init` budget: held on
+        // the worker thread that long, it would stall every connection queued there,
+        // the accept loop included. Decided here, under the lock, so that only the call
+        // that warms up leaves the thread, not the requests waiting behind it.
+        let long = slot
+            .as_ref()
+            .is_none_or(|live| !live.warmed && !self.warm_up_timed_out.load(Ordering::Relaxed));
+        off_the_worker_if(long, || self.call_locked(&mut slot, call, request, f))
+    }
+
+    /// [`Self::call_instance`] once the instance's lock is held.
+    fn call_locked<R>(
+        &self,
+        slot: &mut Option<Live<W>>,
+        call: &'static str,
+        request: Option<(&mut RequestHeader, &mut RequestView)>,
+        f: impl FnOnce(&W, &mut Store<PluginState>) -> wasmtime::Result<R>,
+    ) -> Result<R, PluginError> {
         if slot.is_none() {
             match self.instantiate() {
                 Ok(live) => *slot = Some(live),
@@ -300,11 +322,9 @@ impl<W: World> PluginInstance<W> {
         };
         if result.is_ok() {
             live.warmed = true;
-            self.warm_up_pending.store(false, Ordering::Relaxed);
         }
         result.map_err(|e| {
             *slot = None;
-            self.warm_up_pending.store(true, Ordering::Relaxed);
             // A failure that took over half the budget (filling memory until it runs
             // out, say) holds the thread like a timeout does.
             let took = PluginEngine::ticks_to_time(self.plugin.engine.ticks() - started);

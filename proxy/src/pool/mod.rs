@@ -22,25 +22,12 @@ use crate::config::{
     HealthCheck, OnPluginFailure, OutlierDetection, PoolConfig, UpstreamProtocol, UpstreamTimeouts,
     UpstreamTls,
 };
+use crate::plugin::instance::off_the_worker_if;
 use crate::plugin::request::RequestView;
 use crate::plugin::{PluginError, PoolBalancer};
 use crate::telemetry::{Decided, PoolTelemetry, Telemetry};
 pub use shadow::Shadow;
 use switchyard_plugin_sdk::abi::Row;
-
-/// Runs `f`, when `slow`, through `block_in_place`: a plugin that has been running out
-/// its budget would otherwise hold the worker thread, and every request queued on it,
-/// for that long. Tokio hands the worker's other tasks to another thread meanwhile.
-/// Healthy plugins are called directly: the hand-off costs microseconds a call.
-fn off_the_worker_if<R>(slow: bool, f: impl FnOnce() -> R) -> R {
-    let multi_thread = tokio::runtime::Handle::try_current()
-        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
-    if slow && multi_thread {
-        tokio::task::block_in_place(f)
-    } else {
-        f()
-    }
-}
 
 /// Which backends a request may use (see [`Pool::tier`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
