@@ -273,10 +273,13 @@ impl<W: World> PluginInstance<W> {
         // the worker thread that long, it would stall every connection queued there,
         // the accept loop included. Decided here, under the lock, so that only the call
         // that warms up leaves the thread, not the requests waiting behind it.
-        let long = slot
-            .as_ref()
-            .is_none_or(|live| !live.warmed && !self.warm_up_timed_out.load(Ordering::Relaxed));
+        let long = slot.as_ref().is_none_or(|live| self.warms_up(live));
         off_the_worker_if(long, || self.call_locked(&mut slot, call, request, f))
+    }
+
+    /// Whether `live`'s next call runs under the `init` budget (see [`Live::warmed`]).
+    fn warms_up(&self, live: &Live<W>) -> bool {
+        !live.warmed && !self.warm_up_timed_out.load(Ordering::Relaxed)
     }
 
     /// [`Self::call_instance`] once the instance's lock is held.
@@ -300,7 +303,7 @@ impl<W: World> PluginInstance<W> {
             return Err(self.failure(call, FailureKind::Instantiate, "no instance".into()));
         };
         let _ticking = self.plugin.engine.call();
-        let warm_up = !live.warmed && !self.warm_up_timed_out.load(Ordering::Relaxed);
+        let warm_up = self.warms_up(live);
         let budget = if warm_up {
             self.limits.init_timeout.max(self.limits.call_timeout)
         } else {
